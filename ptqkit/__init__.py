@@ -1,0 +1,1 @@
+"""ptqkit: post-training int8 quantization of HF BERT-family classifiers for CPU servers."""
