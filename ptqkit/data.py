@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import math
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -58,10 +61,255 @@ def load_rotten_tomatoes() -> TaskData:
     return TaskData(name=DEFAULT_TASK, train=train, validation=val, num_labels=2, metrics=("accuracy", "f1"))
 
 
-def load_task(task: str = DEFAULT_TASK) -> TaskData:
+@dataclass(frozen=True)
+class _Glue:
+    """Where a GLUE task's text and labels live, in GLUE's own TSVs and in the hub's copy."""
+
+    tsv_text: tuple[str, ...]
+    tsv_label: str
+    hub_text: tuple[str, ...]
+    labels: tuple[str, ...]  # label strings as written in the TSVs, in id order; empty means regression
+    metrics: tuple[str, ...]
+    dev_file: str = "dev.tsv"
+    hub_validation: str = "validation"
+    tsv_header: tuple[str, ...] | None = None  # for files without a header line (CoLA)
+
+
+_BINARY = ("0", "1")
+_NLI2 = ("entailment", "not_entailment")
+GLUE_TASKS: dict[str, _Glue] = {
+    "mrpc": _Glue(("#1 String", "#2 String"), "Quality", ("sentence1", "sentence2"), _BINARY, ("accuracy", "f1")),
+    "sst2": _Glue(("sentence",), "label", ("sentence",), _BINARY, ("accuracy",)),
+    "qqp": _Glue(("question1", "question2"), "is_duplicate", ("question1", "question2"), _BINARY, ("accuracy", "f1")),
+    "qnli": _Glue(("question", "sentence"), "label", ("question", "sentence"), _NLI2, ("accuracy",)),
+    "rte": _Glue(("sentence1", "sentence2"), "label", ("sentence1", "sentence2"), _NLI2, ("accuracy",)),
+    "cola": _Glue(("sentence",), "label", ("sentence",), _BINARY, ("matthews_correlation",),
+                  tsv_header=("source", "label", "original_label", "sentence")),
+    "stsb": _Glue(("sentence1", "sentence2"), "score", ("sentence1", "sentence2"), (), ("pearson", "spearmanr")),
+    "mnli": _Glue(("sentence1", "sentence2"), "gold_label", ("premise", "hypothesis"),
+                  ("entailment", "neutral", "contradiction"), ("accuracy",),
+                  dev_file="dev_matched.tsv", hub_validation="validation_matched"),
+}
+CUSTOM_TASK = "custom"
+USER_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+
+
+def load_task(task: str = DEFAULT_TASK, data_dir: str | None = None, train_file: str | None = None,
+              validation_file: str | None = None, text_columns: tuple[str, ...] | None = None,
+              label_column: str | None = None) -> TaskData:
+    """The default task, a GLUE task (TSVs from `data_dir`, else the hub) or the user's own files."""
+    if train_file or validation_file:
+        if task not in (DEFAULT_TASK, CUSTOM_TASK) or data_dir:
+            raise UserError("pass either --task/--data-dir or --train-file/--validation-file, not both")
+        if not (train_file and validation_file):
+            given = "--train-file" if train_file else "--validation-file"
+            raise UserError(f"only {given} was given: pass both --train-file and --validation-file")
+        return load_user_files(train_file, validation_file, text_columns, label_column)
+    if text_columns or label_column:
+        raise UserError("--text-columns and --label-column apply only to --train-file/--validation-file")
     if task == DEFAULT_TASK:
+        if data_dir:
+            raise UserError(f"--data-dir is for GLUE tasks ({', '.join(GLUE_TASKS)}); the default task needs none")
         return load_rotten_tomatoes()
-    raise UserError(f"unknown task {task!r}")
+    if task not in GLUE_TASKS:
+        valid = ", ".join([DEFAULT_TASK, *GLUE_TASKS])
+        raise UserError(f"unknown task {task!r}: use one of {valid}, or --train-file/--validation-file")
+    return load_glue_tsv(task, data_dir) if data_dir else load_glue_hub(task)
+
+
+def _task_data(name: str, spec: _Glue, train: list[Example], validation: list[Example]) -> TaskData:
+    num_labels = len(spec.labels) or 1
+    return TaskData(name=name, train=train, validation=validation, num_labels=num_labels, metrics=spec.metrics)
+
+
+def load_glue_tsv(task: str, data_dir: str) -> TaskData:
+    """Read GLUE's original TSV files (train.tsv and dev.tsv, or MNLI's dev_matched.tsv)."""
+    spec = GLUE_TASKS[task]
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root} is not a directory: point it at the GLUE {task} folder with train.tsv")
+    splits = [_read_glue_tsv(root / name, task, spec) for name in ("train.tsv", spec.dev_file)]
+    return _task_data(task, spec, *splits)
+
+
+def _read_glue_tsv(path: Path, task: str, spec: _Glue) -> list[Example]:
+    if not path.is_file():
+        raise UserError(f"missing GLUE {task} file {path}: --data-dir must hold train.tsv and {spec.dev_file}")
+    # GLUE text has unbalanced quotes, so quoting is off; utf-8-sig drops the BOM MRPC's header carries.
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, fieldnames=spec.tsv_header, delimiter="\t", quoting=csv.QUOTE_NONE)
+        needed = (*spec.tsv_text, spec.tsv_label)
+        missing = [c for c in needed if c not in (reader.fieldnames or [])]
+        if missing:
+            found = ", ".join(reader.fieldnames or []) or "none"
+            raise UserError(f"{path} lacks GLUE {task} column(s) {', '.join(missing)} (columns found: {found}): "
+                            f"use the TSV files of the GLUE benchmark")
+        examples = []
+        for row in reader:
+            # A few GLUE lines (QQP) are cut short; like the reference loaders, skip them.
+            if any(row.get(c) is None for c in needed):
+                continue
+            label = _glue_label(row[spec.tsv_label], spec, path, reader.line_num)
+            texts = [row[c] for c in spec.tsv_text]
+            examples.append(Example(text=texts[0], label=label, text_pair=texts[1] if len(texts) > 1 else None))
+    if not examples:
+        raise UserError(f"{path} has no examples: use the non-empty TSV files of the GLUE benchmark")
+    return examples
+
+
+def _glue_label(raw: str, spec: _Glue, path: Path, line: int) -> int | float:
+    raw = raw.strip()
+    if not spec.labels:
+        try:
+            return float(raw)
+        except ValueError:
+            raise UserError(f"{path} line {line}: score {raw!r} is not a number") from None
+    if raw not in spec.labels:
+        raise UserError(f"{path} line {line}: label {raw!r} is not one of {', '.join(spec.labels)}")
+    return spec.labels.index(raw)
+
+
+def load_glue_hub(task: str) -> TaskData:
+    """GLUE from the Hugging Face hub, for online users without the TSV files."""
+    spec = GLUE_TASKS[task]
+    try:
+        import datasets
+
+        ds = datasets.load_dataset("glue", task)
+        splits = [ds[name] for name in ("train", spec.hub_validation)]
+    except Exception as e:  # no network, no datasets package, or a hub change: all mean "use the TSVs"
+        raise UserError(f"cannot load GLUE {task} from the Hugging Face hub ({type(e).__name__}): it is "
+                        f"unreachable offline; pass --data-dir with the GLUE {task} TSV files") from None
+    train, val = [[_hub_example(row, spec) for row in split] for split in splits]
+    return _task_data(task, spec, train, val)
+
+
+def _hub_example(row: dict, spec: _Glue) -> Example:
+    texts = [row[c] for c in spec.hub_text]
+    label = float(row["label"]) if not spec.labels else int(row["label"])
+    return Example(text=texts[0], label=label, text_pair=texts[1] if len(texts) > 1 else None)
+
+
+def load_user_files(train_file: str, validation_file: str, text_columns: tuple[str, ...] | None = None,
+                    label_column: str | None = None) -> TaskData:
+    """The user's own train/validation files, read the way HF's run_glue.py reads them."""
+    train_rows, columns = _read_rows(Path(train_file))
+    val_rows, val_columns = _read_rows(Path(validation_file))
+    label = label_column or "label"
+    if label not in columns:
+        raise UserError(f"{train_file} has no label column {label!r} (columns found: {', '.join(columns)}): "
+                        f"pass --label-column")
+    texts = _text_columns(columns, label, text_columns, train_file)
+    missing = [c for c in (*texts, label) if c not in val_columns]
+    if missing:
+        raise UserError(f"{validation_file} lacks column(s) {', '.join(missing)} (columns found: "
+                        f"{', '.join(val_columns)}): give it the same columns as {train_file}")
+    train_labels = [_parse_label(r.get(label), train_file, i) for i, r in enumerate(train_rows, 1)]
+    val_labels = [_parse_label(r.get(label), validation_file, i) for i, r in enumerate(val_rows, 1)]
+    if all(isinstance(v, int) for v in train_labels + val_labels):
+        classes = sorted(set(train_labels))
+        unseen = sorted(set(val_labels) - set(classes))
+        if unseen:
+            raise UserError(f"{validation_file} has label(s) {unseen} that {train_file} lacks: "
+                            f"both files must use the same label values")
+        ids = {v: i for i, v in enumerate(classes)}  # run_glue's mapping: sorted values become 0..K-1
+        train_labels, val_labels = [ids[v] for v in train_labels], [ids[v] for v in val_labels]
+        num_labels = len(classes)
+        metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
+    else:
+        train_labels, val_labels = [float(v) for v in train_labels], [float(v) for v in val_labels]
+        num_labels, metrics = 1, ("pearson", "spearmanr")
+    train = _user_examples(train_rows, texts, train_labels, train_file)
+    val = _user_examples(val_rows, texts, val_labels, validation_file)
+    return TaskData(name=CUSTOM_TASK, train=train, validation=val, num_labels=num_labels, metrics=metrics)
+
+
+def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows as dicts plus the column names (the header, or the first JSON object's keys)."""
+    if not path.is_file():
+        raise UserError(f"data file {path} not found: check the path")
+    suffix = path.suffix.lower()
+    if suffix not in USER_FILE_SUFFIXES:
+        raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use {', '.join(USER_FILE_SUFFIXES)}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        if suffix in (".json", ".jsonl"):
+            rows = [_json_row(line, path, i) for i, line in enumerate(f, 1) if line.strip()]
+            columns = list(rows[0]) if rows else []
+        else:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            rows, columns = list(reader), list(reader.fieldnames or [])
+    if not rows:
+        raise UserError(f"{path} has no examples: it needs a header (or JSON keys) and at least one row")
+    return rows, columns
+
+
+def _json_row(line: str, path: Path, number: int) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} line {number} is not valid JSON ({e.msg}): use one JSON object per line") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{path} line {number} is not a JSON object: use one object per line (JSON lines)")
+    return row
+
+
+def _text_columns(columns: list[str], label: str, chosen: tuple[str, ...] | None, path: str) -> tuple[str, ...]:
+    """The chosen text column(s), else sentence1+sentence2, sentence, text, else the first one or two others."""
+    if chosen:
+        missing = [c for c in chosen if c not in columns]
+        if len(chosen) > 2 or missing:
+            problem = "at most 2 text columns allowed" if len(chosen) > 2 else f"no column(s) {', '.join(missing)}"
+            raise UserError(f"{path}: {problem} (columns found: {', '.join(columns)}): fix --text-columns")
+        return tuple(chosen)
+    if "sentence1" in columns and "sentence2" in columns:
+        return ("sentence1", "sentence2")
+    for name in ("sentence", "text"):
+        if name in columns:
+            return (name,)
+    others = [c for c in columns if c != label]
+    if not others:
+        raise UserError(f"{path} has no text column besides the label {label!r}: add one or pass --text-columns")
+    return tuple(others[:2])
+
+
+def _parse_label(raw: object, path: str, row: int) -> int | float:
+    """An int label if it reads as one (classification), else a float (regression)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, float):
+        return raw
+    if isinstance(raw, str):
+        for kind in (int, float):
+            try:
+                return kind(raw.strip())
+            except ValueError:
+                pass
+    raise UserError(f"{path} row {row}: label {raw!r} is not a number: use integer class ids or float scores")
+
+
+def _user_examples(rows: list[dict], texts: tuple[str, ...], labels: list, path: str) -> list[Example]:
+    examples = []
+    for i, (row, label) in enumerate(zip(rows, labels), 1):
+        values = [row.get(c) for c in texts]
+        if any(not isinstance(v, str) for v in values):
+            raise UserError(f"{path} row {i}: text column(s) {', '.join(texts)} must hold text")
+        examples.append(Example(text=values[0], label=label, text_pair=values[1] if len(values) > 1 else None))
+    return examples
+
+
+def check_labels(task: TaskData, model_num_labels: int) -> None:
+    """Refuse a model whose outputs do not match the task's labels: its metrics would be meaningless."""
+    if task.num_labels != model_num_labels:
+        kind = "a regression score" if task.num_labels == 1 else f"{task.num_labels} labels"
+        raise UserError(f"task {task.name} has {kind} but the model has {model_num_labels} output(s): "
+                        f"use a model fine-tuned for {task.name}")
+    if task.num_labels == 1:
+        return
+    for split, examples in (("train", task.train), ("validation", task.validation)):
+        bad = [e.label for e in examples if not isinstance(e.label, int) or not 0 <= e.label < task.num_labels]
+        if bad:
+            raise UserError(f"task {task.name} {split} label {bad[0]!r} is outside 0..{task.num_labels - 1}: "
+                            f"fix the labels of the data")
 
 
 def encode(tokenizer, examples: Sequence[Example], max_seq_len: int) -> list[dict[str, list[int]]]:
@@ -90,3 +338,17 @@ def batches(features: Sequence[dict[str, list[int]]], batch_size: int, pad_id: i
     """Consecutive dynamic-padded batches, in order (evaluation and calibration)."""
     for i in range(0, len(features), batch_size):
         yield pad_batch(features[i : i + batch_size], pad_id)
+
+
+def calibration_batches(task: TaskData, tokenizer, n_batches: int, batch_size: int, max_seq_len: int,
+                        seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """`n_batches` seeded random batches from the train split: calibration never sees validation data."""
+    if not task.train:
+        raise UserError(f"task {task.name} has no train examples to calibrate on")
+    order = list(range(len(task.train)))
+    random.Random(seed).shuffle(order)
+    picked = [task.train[i] for i in order[: n_batches * batch_size]]
+    if len(picked) < n_batches * batch_size:
+        print(f"warning: only {len(picked)} train examples: calibrating on {math.ceil(len(picked) / batch_size)} "
+              f"batches, not {n_batches}", file=sys.stderr)
+    return list(batches(encode(tokenizer, picked, max_seq_len), batch_size, tokenizer.pad_token_id or 0))
