@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Quantize a BERT-family classifier to int8, compile it, and show fp32 vs int8 accuracy and speed side by side."""
+from __future__ import annotations
+
+from ptqkit.cli import add_calib_flags, parser, positive_int, run_main
+
+
+def main() -> int:
+    p = parser(__doc__)
+    add_calib_flags(p)
+    p.add_argument("--eval-limit", type=positive_int, help="evaluate only the first N validation examples (smoke runs)")
+    p.add_argument("--shapes", default="1x128,6x64", help="latency shapes BATCHxSEQ, comma-separated")
+    p.add_argument("--threads", help="thread counts, comma-separated (default: $OMP_NUM_THREADS or 1)")
+    p.add_argument("--rounds", type=positive_int, default=30, help="timed rounds per shape")
+    args = p.parse_args()
+
+    from ptqkit.pipeline import config_from_args, run
+
+    run(config_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,20 @@
+#!/usr/bin/env python
+"""Step 1: capture the model as a torch.export graph, insert observers, calibrate on train batches, save the state."""
+from __future__ import annotations
+
+from ptqkit.cli import add_calib_flags, parser, run_main
+
+
+def main() -> int:
+    p = parser(__doc__)
+    add_calib_flags(p)
+    args = p.parse_args()
+
+    from ptqkit.pipeline import calib_step, config_from_args
+
+    calib_step(config_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,54 @@
+"""ONNX Runtime: QDQ ONNX -> session with full graph optimizations, which rewrites Q/DQ groups into int8 ops."""
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .base import Inputs, KernelEvidence
+
+INT8_OPS = ("QLinearMatMul", "MatMulInteger", "QGemm", "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+            "QLinearConv", "ConvInteger", "QOrderedMatMul")
+FP32_OPS = ("MatMul", "Gemm", "FusedMatMul", "Attention", "MultiHeadAttention", "FusedGemm", "Conv")
+
+
+class ORTRunner:
+    def __init__(self, session, optimized_path: Path):
+        self.session = session
+        self.optimized_path = optimized_path
+        self.input_names = tuple(i.name for i in session.get_inputs())
+
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        return self.session.run(None, {n: inputs[n] for n in self.input_names})[0]
+
+    def kernels(self) -> KernelEvidence:
+        """Op types of the graph as ORT optimized it (saved at session creation)."""
+        import onnx
+
+        graph = onnx.load(str(self.optimized_path), load_external_data=False).graph
+        counts = Counter(n.op_type for n in graph.node if n.op_type in INT8_OPS + FP32_OPS)
+        return KernelEvidence(
+            int8=sum(c for op, c in counts.items() if op in INT8_OPS),
+            fp32=sum(c for op, c in counts.items() if op in FP32_OPS),
+            details=dict(counts),
+        )
+
+
+class ORTBackend:
+    name = "onnxruntime"
+
+    def compile(self, model_path: str | Path, threads: int) -> ORTRunner:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        optimized = Path(tempfile.mkdtemp(prefix="ptqkit-ort-")) / (Path(model_path).stem + ".optimized.onnx")
+        so.optimized_model_filepath = str(optimized)
+        session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        return ORTRunner(session, optimized)

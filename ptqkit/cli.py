@@ -1,0 +1,70 @@
+"""What every CLI shares: one-line errors with the exit-code contract, and common flags."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable
+
+from .config import CALIB_METHODS, DEVICES
+from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Exit 2 with one line for bad input, 1 for an internal failure (traceback only with PTQKIT_DEBUG=1)."""
+    import os
+
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("error: interrupted; completed steps are kept, rerun to resume", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the contract is one line, not a traceback wall
+        if os.environ.get("PTQKIT_DEBUG"):
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: internal failure: {type(e).__name__}: {first} (set PTQKIT_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(code or 0)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep its message to one line
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The flags shared by all steps: where the model and data come from, where outputs go."""
+    p = _Parser(description=description)
+    p.add_argument("--device", choices=DEVICES, default="x86", help="target CPU: picks the quantization contract")
+    p.add_argument("--model", default="default", help="hub id or local save_pretrained dir (default: the offline MiniLM-L6 fine-tuned on rotten_tomatoes)")
+    p.add_argument("--task", default="rotten_tomatoes", help="rotten_tomatoes (offline default) or a GLUE task: mrpc sst2 qqp qnli rte cola stsb mnli")
+    p.add_argument("--data-dir", help="directory with the GLUE task's TSV files (train.tsv, dev.tsv)")
+    p.add_argument("--train-file", help="your own train data (.csv/.tsv/.json lines), with --validation-file")
+    p.add_argument("--validation-file", help="your own validation data (.csv/.tsv/.json lines)")
+    p.add_argument("--text-columns", help="comma-separated text column(s) of your files (default: detected)")
+    p.add_argument("--label-column", help="label column of your files (default: label)")
+    p.add_argument("--output-dir", default="artifacts", help="where artefacts and reports go (default: ./artifacts)")
+    p.add_argument("--cache-dir", help="model cache (default: $PTQKIT_CACHE or ~/.cache/ptqkit)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="evaluation/calibration batch size")
+    p.add_argument("--max-seq-len", type=positive_int, default=128, help="truncate inputs to this many tokens")
+    p.add_argument("--backend", default="openvino", help="int8 engine: openvino (default) or onnxruntime")
+    return p
+
+
+def add_calib_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib-batches", type=positive_int, default=32, help="calibration batches from the train split")
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax", help="how activation ranges are chosen")

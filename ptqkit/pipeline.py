@@ -1,0 +1,234 @@
+"""The whole chain behind bert_ptq.py: data, model, fp32 baseline, evaluation, timing, report."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import platform
+
+import numpy as np
+
+from . import artifacts, report
+from .backends import get_backend
+from .backends.pytorch import TorchRunner
+from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
+from .capture import example_inputs
+from .config import QuantConfig
+from .data import TaskData, calibration_batches, encode, load_task
+from .errors import UserError
+from .evaluation import evaluate, predict_logits
+from .export import export_onnx, export_torchscript, fakequant_eager
+from .models import load_model
+from .quantizer import Quantizer, run_calibration
+
+
+@dataclass
+class RunConfig:
+    device: str = "x86"
+    model: str = "default"
+    task: str = "rotten_tomatoes"
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    output_dir: str = "artifacts"
+    cache_dir: str | None = None
+    eval_limit: int | None = None
+    batch_size: int = 32
+    max_seq_len: int = 128
+    backend: str = "openvino"
+    calib_batches: int = 32
+    calib_method: str = "minmax"
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+@dataclass
+class Loaded:
+    """Task, model and tokenized validation data: what every step starts from."""
+
+    task: TaskData
+    model: object
+    tokenizer: object
+    model_name: str
+    input_names: tuple[str, ...]
+    val_features: list
+    val_labels: list
+
+
+def load(cfg: RunConfig) -> Loaded:
+    from .data import check_labels
+
+    task = load_task(cfg.task, cfg.data_dir, cfg.train_file, cfg.validation_file, cfg.text_columns, cfg.label_column)
+    model, tokenizer, name = load_model(cfg.model, task, cfg.cache_dir)
+    check_labels(task, model.config.num_labels)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and cfg.max_seq_len > max_pos:
+        raise UserError(f"--max-seq-len {cfg.max_seq_len} exceeds the model's {max_pos} positions; use <= {max_pos}")
+    val = task.validation[: cfg.eval_limit] if cfg.eval_limit else task.validation
+    features = encode(tokenizer, val, cfg.max_seq_len)
+    input_names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0])
+    return Loaded(task, model, tokenizer, name, input_names, features, [e.label for e in val])
+
+
+def run(cfg: RunConfig) -> dict:
+    """fp32 baseline, PTQ, export, compile on the engine, evaluate and time every variant, write the report."""
+    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    backend = get_backend(cfg.backend)
+    ld = load(cfg)
+    pad_id = ld.tokenizer.pad_token_id or 0
+    threads = cfg.bench.threads[0]
+
+    def evaluated(name: str, engine: str, precision: str, runner) -> tuple[dict, np.ndarray]:
+        logits = predict_logits(runner, ld.val_features, cfg.batch_size, pad_id, desc=f"evaluating {name}")
+        metrics = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
+        return {"name": name, "engine": engine, "precision": precision, "metrics": metrics}, logits
+
+    fp32_eager, _ = evaluated("pytorch-fp32", "pytorch", "fp32", TorchRunner(ld.model, ld.input_names, threads))
+    variants = [fp32_eager]
+    builders = {"pytorch-fp32": lambda t: TorchRunner(ld.model, ld.input_names, t)}
+
+    q = calibrate(ld, cfg)
+    q.save(out_dir / "quant_state")
+    fq_variant, fq_logits = evaluated("pytorch-fakequant", "pytorch", "int8-fakequant", TorchRunner(q.quantize(), ld.input_names, threads))
+    fq_variant["note"] = "reference fake-quant graph (fp32 math); not timed"
+    variants.append(fq_variant)
+
+    paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
+    for precision, path in (("fp32", paths["fp32_onnx"]), ("int8", paths["int8_onnx"])):
+        name = f"{backend.name}-{precision}"
+        runner = backend.compile(path, threads)
+        evidence = runner.kernels()
+        if precision == "int8" and evidence.int8 == 0:
+            raise RuntimeError(f"{backend.name} ran the int8 model without any int8 kernel ({evidence.details}); refusing to report it as int8")
+        variant, logits = evaluated(name, backend.name, precision, runner)
+        variant.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
+        if precision == "int8":
+            variant["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
+        variants.append(variant)
+        builders[name] = lambda t, p=path: backend.compile(p, t)
+
+    latency = measure_latency(builders, ld, cfg.bench)
+    for v in variants:
+        if v["name"] in latency:
+            v["latency_ms"] = latency[v["name"]]
+    rep = report.build(cfg.device, ld.model_name, ld.task.name, len(ld.val_labels), variants, cfg.bench)
+    rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
+    if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
+        rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
+    report_path = Path(out_dir) / "report.json"
+    artifacts.write_json(report_path, rep)
+    print(report.summary(rep))
+    print(f"report: {report_path}")
+    return rep
+
+
+def calibrate(ld: Loaded, cfg: RunConfig) -> Quantizer:
+    """PTQ: observers on the captured graph, then calibration batches from the train split (never validation)."""
+    q = Quantizer(device=cfg.device, backend=cfg.backend, config=QuantConfig.for_device(cfg.device).with_calib_method(cfg.calib_method))
+    calib_model = q.calib(ld.model)
+    data = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
+    run_calibration(calib_model, data)
+    q.quantize()
+    return q
+
+
+def export_artifacts(model, q: Quantizer, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
+    """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript, each written atomically."""
+    example = example_inputs(model, input_names, batch=1, seq_len=128)
+    fq_model = fakequant_eager(model, q)
+    return {
+        "fp32_onnx": export_onnx(model, input_names, example, out_dir / "model_fp32.onnx"),
+        "int8_onnx": export_onnx(fq_model, input_names, example, out_dir / "model_int8_qdq.onnx"),
+        "int8_torchscript": export_torchscript(fq_model, input_names, example, out_dir / "model_int8_fakequant.pt"),
+    }
+
+
+def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return round(float((a.argmax(-1) == b.argmax(-1)).mean()), 4)
+
+
+def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig) -> dict[str, list[dict]]:
+    """Per shape and thread count, build every variant's runner and time them interleaved."""
+    vocab = ld.model.config.vocab_size
+    out: dict[str, list[dict]] = {name: [] for name in builders}
+    for threads in bench.threads:
+        runners = {name: build(threads) for name, build in builders.items()}
+        for shape in bench.shapes:
+            inputs = synthetic_inputs(shape, vocab, ld.input_names)
+            for name, samples in time_interleaved(runners, inputs, bench).items():
+                out[name].append(summarize(samples, shape, threads))
+    return out
+
+
+def config_from_args(args) -> RunConfig:
+    """argparse namespace -> RunConfig; bad flag values become UserError."""
+    from .bench import parse_shapes, parse_threads
+
+    try:
+        bench = BenchConfig(shapes=parse_shapes(args.shapes), threads=parse_threads(args.threads), rounds=args.rounds)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return RunConfig(
+        device=args.device, model=args.model, task=args.task, data_dir=args.data_dir,
+        train_file=args.train_file, validation_file=args.validation_file,
+        text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
+        label_column=args.label_column, output_dir=args.output_dir, cache_dir=args.cache_dir,
+        eval_limit=args.eval_limit, batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
+        backend=args.backend, calib_batches=args.calib_batches, calib_method=args.calib_method,
+    )
+
+
+def calib_step(cfg: RunConfig) -> Path:
+    """calib.py: calibrate and save the quantization state plus a JSON summary of the qparams."""
+    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    ld = load(cfg)
+    q = calibrate(ld, cfg)
+    state_dir = out_dir / "quant_state"
+    q.save(state_dir)
+    summary = {
+        "model": ld.model_name, "task": ld.task.name, "device": cfg.device, "calib_batches": cfg.calib_batches,
+        "config": q.config.to_dict(),
+        "points": {p.name: {role: _qparams_summary(*q.qparams(p.name, role)) for role in p.roles} for p in q.points},
+    }
+    artifacts.write_json(out_dir / "calib_summary.json", summary)
+    print(f"calibrated {len(q.points)} quantization points on {cfg.calib_batches} train batches; state: {state_dir}")
+    return state_dir
+
+
+def export_step(cfg: RunConfig) -> dict[str, Path]:
+    """export.py: rebuild the fake-quant model from the saved state and write the artefacts."""
+    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    ld = load(cfg)
+    q = Quantizer.load(out_dir / "quant_state", ld.model)
+    paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return paths
+
+
+def _qparams_summary(scale, zero_point) -> dict:
+    s = scale.flatten()
+    return {"scale_min": float(s.min()), "scale_max": float(s.max()), "channels": int(s.numel()),
+            "zero_point_max_abs": int(zero_point.abs().max())}
+
+
+def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
+    """bench.py: time PyTorch fp32 and each engine's fp32/int8 artefacts from --output-dir; write bench.json."""
+    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    engines = [get_backend(b) for b in backends]
+    paths = {"fp32": out_dir / "model_fp32.onnx", "int8": out_dir / "model_int8_qdq.onnx"}
+    for path in paths.values():
+        if not path.is_file():
+            raise UserError(f"{path} not found: run export.py (or bert_ptq.py) with --output-dir {out_dir} first")
+    ld = load(replace(cfg, eval_limit=1))
+    builders = {"pytorch-fp32": lambda t: TorchRunner(ld.model, ld.input_names, t)}
+    for engine in engines:
+        for precision, path in paths.items():
+            builders[f"{engine.name}-{precision}"] = lambda t, e=engine, p=path: e.compile(p, t)
+    latency = measure_latency(builders, ld, cfg.bench)
+    rows = [{"name": n, "latency_ms": lat} for n, lat in latency.items()]
+    rep = report.build(cfg.device, ld.model_name, ld.task.name, 0, rows, cfg.bench)
+    artifacts.write_json(out_dir / "bench.json", rep)
+    print(report.summary(rep))
+    return rep

@@ -1,0 +1,199 @@
+"""The torch-quant workflow on torch.export graphs: calib -> (amp/fallback) -> (qat) -> quantize, plus state I/O.
+
+    q = Quantizer(device="x86")
+    calib_model = q.calib(model)          # observes; outputs identical to fp32
+    for batch in calibration_batches: calib_model(**batch)
+    q.fallback(q.amp(batches), n=2)       # optional: leave the 2 most sensitive layers in fp32
+    qmodel = q.quantize(model)            # fake-quant graph
+    q.save("state")                       # safetensors + JSON, reloadable with Quantizer.load
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import artifacts
+from .capture import capture
+from .config import QuantConfig
+from .errors import UserError
+from .observers import LSQQuantizer, Observer
+from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
+
+STATE_VERSION = 1
+
+
+class Quantizer:
+    def __init__(self, device: str = "x86", backend: str = "openvino", config: QuantConfig | None = None):
+        self.config = config or QuantConfig.for_device(device)
+        self.backend = backend
+        self.points: list[QuantPoint] = []
+        self.fallback_layers: list[str] = []
+        self.graph: torch.fx.GraphModule | None = None  # the observed graph, shared by every mode
+
+    # --- the workflow -------------------------------------------------------------------------------------
+    def calib(self, model: torch.nn.Module) -> torch.fx.GraphModule:
+        """Capture the model and insert observers; run calibration batches through the returned graph."""
+        self.graph = capture(model)
+        self.points = find_quant_points(self.graph, self.config)
+        if not self.points:
+            raise UserError("nothing to quantize: every linear was excluded")
+        insert_observers(self.graph, self.points, self.config)
+        self._set_mode(observing=True, fake_quant=False)
+        return self.graph
+
+    def quantize(self, model: torch.nn.Module | None = None) -> torch.fx.GraphModule:
+        """The fake-quant graph: frozen qparams on every point except the fallback layers."""
+        graph = self._require_graph(model)
+        self._check_observed()
+        for key, obs in self.observers().items():
+            if isinstance(obs, Observer) and not obs.fake_quant:
+                obs.freeze()
+        self._apply_fallback()
+        return graph
+
+    def amp(self, batches: Iterable[dict]) -> dict[str, float]:
+        """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
+        self.quantize()
+        graph = self._require_graph(None)
+        batches = list(batches)
+        obs = self.observers()
+        saved = {k: o.fake_quant for k, o in obs.items()}
+        for o in obs.values():
+            o.fake_quant = False
+        with torch.no_grad():
+            ref = [_logits(graph(**b)) for b in batches]
+            scores = {}
+            for p in self.points:
+                for role in p.roles:
+                    obs[observer_key(p.name, role)].fake_quant = True
+                err = sum(float((_logits(graph(**b)) - r).pow(2).sum()) for b, r in zip(batches, ref))
+                norm = sum(float(r.pow(2).sum()) for r in ref) or 1.0
+                scores[p.name] = err / norm
+                for role in p.roles:
+                    obs[observer_key(p.name, role)].fake_quant = False
+        for k, o in obs.items():
+            o.fake_quant = saved[k]
+        return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
+
+    def fallback(self, sensitivity: dict[str, float], n: int) -> list[str]:
+        """Leave the n most sensitive points in fp32."""
+        self.fallback_layers = sorted(sensitivity, key=lambda k: -sensitivity[k])[:n]
+        self._apply_fallback()
+        return self.fallback_layers
+
+    def qat(self, model: torch.nn.Module | None = None) -> torch.fx.GraphModule:
+        """Swap frozen observers for LSQ quantizers (learnable scales); the graph's weights stay trainable."""
+        graph = self.quantize(model)
+        obs = self.observers()
+        for key, o in list(obs.items()):
+            if isinstance(o, Observer) and o.fake_quant:
+                obs[key] = LSQQuantizer.from_observer(o)
+        return graph
+
+    def end_qat(self) -> None:
+        """Write learned LSQ scales back into frozen observers so export sees plain fake-quant ops."""
+        obs = self.observers()
+        for key, o in list(obs.items()):
+            if isinstance(o, LSQQuantizer):
+                obs[key] = o.to_observer()
+
+    # --- helpers -----------------------------------------------------------------------------------------
+    def observers(self) -> torch.nn.ModuleDict:
+        return getattr(self._require_graph(None), OBSERVERS_ATTR)
+
+    def qparams(self, point: str, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.observers()[observer_key(point, role)]
+        return o.scale.detach().clone(), o.zero_point.detach().clone()
+
+    def quantized_points(self) -> list[QuantPoint]:
+        return [p for p in self.points if p.name not in self.fallback_layers]
+
+    def _set_mode(self, observing: bool, fake_quant: bool) -> None:
+        for key, o in self.observers().items():
+            o.observing = observing and not key.endswith("__weight")
+            o.fake_quant = fake_quant
+
+    def _apply_fallback(self) -> None:
+        obs = self.observers()
+        for p in self.points:
+            on = p.name not in self.fallback_layers
+            for role in p.roles:
+                o = obs[observer_key(p.name, role)]
+                if on and not o.fake_quant:
+                    o.freeze()
+                o.fake_quant = on
+
+    def _check_observed(self) -> None:
+        missing = [k for k, o in self.observers().items() if isinstance(o, Observer) and not bool(o.has_stats)]
+        if missing:
+            raise UserError(f"{len(missing)} observer(s) were never fed (layer not reached by calibration), e.g. {missing[0]}")
+
+    def _require_graph(self, model: torch.nn.Module | None) -> torch.fx.GraphModule:
+        if self.graph is None:
+            raise UserError("no calibration state: run calib() and calibration batches, or load a saved state")
+        return self.graph
+
+    # --- state I/O (no pickle) ---------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """qparams/observer statistics as safetensors, config and points as JSON; each file written atomically."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.end_qat()
+        tensors = {f"{k}.{b}": t.detach().contiguous().clone() for k, o in self.observers().items() for b, t in o.state_dict().items()}
+        with artifacts.atomic_path(out / "observers.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        meta = {
+            "version": STATE_VERSION,
+            "config": self.config.to_dict(),
+            "backend": self.backend,
+            "points": [{"name": p.name, "kind": p.kind, "node": p.node} for p in self.points],
+            "fallback": self.fallback_layers,
+        }
+        artifacts.write_json(out / "quant_state.json", meta)
+
+    @classmethod
+    def load(cls, directory: str | Path, model: torch.nn.Module) -> "Quantizer":
+        """Rebuild the observed graph for `model` and restore every observer's state."""
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "quant_state.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(d / "observers.safetensors"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read quantization state in {d}: {e}; rerun calib.py") from None
+        if meta.get("version") != STATE_VERSION:
+            raise UserError(f"quantization state in {d} has version {meta.get('version')}, expected {STATE_VERSION}; rerun calib.py")
+        q = cls(config=QuantConfig.from_dict(meta["config"]), backend=meta.get("backend", "openvino"))
+        q.calib(model)
+        names = [p.name for p in q.points]
+        if names != [p["name"] for p in meta["points"]]:
+            raise UserError(f"quantization state in {d} was made for a different model or config; rerun calib.py")
+        for key, obs in q.observers().items():
+            obs.load_state_dict({b[len(key) + 1 :]: t for b, t in tensors.items() if b.startswith(key + ".")})
+        q.fallback_layers = list(meta.get("fallback", []))
+        q.quantize()
+        return q
+
+
+def _logits(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def copy_graph(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    return copy.deepcopy(graph)
+
+
+def run_calibration(calib_model: torch.fx.GraphModule, batches: Iterable[dict], total: int | None = None) -> int:
+    """Feed calibration batches through the observing graph; returns how many were fed."""
+    from tqdm import tqdm
+
+    n = 0
+    with torch.no_grad():
+        for batch in tqdm(batches, total=total, desc="calibrating", unit="batch", leave=False):
+            calib_model(**batch)
+            n += 1
+    return n

@@ -1,0 +1,316 @@
+"""Observers: hand-computed qparams, histogram methods, modes, state round trip, LSQ."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import safetensors.torch as safetensors
+import torch
+
+from ptqkit.config import QuantSpec
+from ptqkit.observers import EPS, LSQQuantizer, Observer
+
+
+def observed(spec: QuantSpec, *batches: torch.Tensor) -> Observer:
+    obs = Observer(spec)
+    for b in batches:
+        obs(b)
+    return obs
+
+
+def threshold(obs: Observer) -> float:
+    """The symmetric clipping threshold behind the observer's scale (scale = amax / 127)."""
+    scale, _ = obs.compute_qparams()
+    return float(scale) * 127
+
+
+def gaussian_with_outlier(n: int = 100_000, outlier: float = 100.0) -> torch.Tensor:
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    x[0] = outlier
+    return x
+
+
+# --- hand-computed qparams ------------------------------------------------------------------------------------
+def test_symmetric_minmax_per_tensor():
+    scale, zp = observed(QuantSpec(), torch.tensor([-2.0, 0.5, 1.0])).compute_qparams()
+    assert scale.dtype == torch.float32 and zp.dtype == torch.int32
+    assert scale.shape == () and zp.shape == ()
+    assert float(scale) == pytest.approx(2 / 127)
+    assert int(zp) == 0
+
+
+def test_affine_uint8():
+    scale, zp = observed(QuantSpec(dtype="uint8", symmetric=False), torch.tensor([-1.0, 0.2, 3.0])).compute_qparams()
+    assert float(scale) == pytest.approx(4 / 255)
+    assert int(zp) == round(255 / 4) == 64  # qmin - round(min / scale) = round(63.75)
+
+
+def test_affine_range_includes_zero():
+    scale, zp = observed(QuantSpec(dtype="uint8", symmetric=False), torch.tensor([1.0, 2.55])).compute_qparams()
+    assert float(scale) == pytest.approx(2.55 / 255)
+    assert int(zp) == 0
+
+
+def test_symmetric_uint8_centres_zero_point():
+    scale, zp = observed(QuantSpec(dtype="uint8"), torch.tensor([-2.0, 1.0])).compute_qparams()
+    assert float(scale) == pytest.approx(2 / 127)
+    assert int(zp) == 128
+
+
+def test_per_channel_axis0():
+    w = torch.tensor([[1.0, -3.0, 0.5], [0.25, 0.1, -0.2], [0.0, 0.0, 0.0]])
+    scale, zp = observed(QuantSpec(ch_axis=0), w).compute_qparams()
+    assert scale.shape == (3,) and zp.shape == (3,)
+    torch.testing.assert_close(scale, torch.tensor([3 / 127, 0.25 / 127, EPS]))
+    assert torch.equal(zp, torch.zeros(3, dtype=torch.int32))
+
+
+def test_per_channel_running_max_across_batches():
+    obs = observed(QuantSpec(ch_axis=1), torch.tensor([[1.0, -2.0]]), torch.tensor([[-4.0, 0.5]]))
+    torch.testing.assert_close(obs.compute_qparams()[0], torch.tensor([4 / 127, 2 / 127]))
+
+
+def test_all_zero_tensor_gets_eps_scale():
+    for method in ("minmax", "percentile", "mse", "entropy"):
+        scale, _ = observed(QuantSpec(method=method), torch.zeros(10)).compute_qparams()
+        assert float(scale) == pytest.approx(EPS), method
+
+
+# --- histogram methods -------------------------------------------------------------------------------------
+def test_percentile_clips_outlier_close_to_true_percentile():
+    x = gaussian_with_outlier()
+    t = threshold(observed(QuantSpec(method="percentile", percentile=99.9), x))
+    true = float(torch.quantile(x.abs(), 0.999))
+    assert t < threshold(observed(QuantSpec(), x))
+    assert t == pytest.approx(true, rel=0.02)
+
+
+def test_affine_percentile_clips_both_tails():
+    x = gaussian_with_outlier()
+    x[1] = -50.0
+    scale, zp = observed(QuantSpec(dtype="uint8", symmetric=False, method="percentile", percentile=99.9), x).compute_qparams()
+    lo, hi = float(torch.quantile(x, 0.001)), float(torch.quantile(x, 0.999))
+    assert float(scale) == pytest.approx((hi - lo) / 255, rel=0.03)
+    assert abs(int(zp) - round(-lo / ((hi - lo) / 255))) <= 2
+
+
+@pytest.mark.parametrize("method", ["mse", "entropy"])
+def test_mse_entropy_threshold_between_bulk_and_outlier(method):
+    x = gaussian_with_outlier()
+    bulk = float(x[1:].abs().max())
+    t = threshold(observed(QuantSpec(method=method), x))
+    assert bulk < t < 100.0
+
+
+def test_mse_without_outliers_clips_gaussian_tail():
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(1))
+    t = threshold(observed(QuantSpec(method="mse"), x))
+    assert 2.5 < t < float(x.abs().max())
+
+
+def test_affine_mse_between_bulk_and_outlier():
+    x = gaussian_with_outlier()
+    scale, zp = observed(QuantSpec(dtype="uint8", symmetric=False, method="mse"), x).compute_qparams()
+    hi = float(scale) * (255 - int(zp))
+    assert float(x[1:].max()) < hi < 100.0
+    assert 0 < int(zp) < 255
+
+
+@pytest.mark.parametrize("method,rel", [("percentile", 0.01), ("mse", 0.01), ("entropy", 0.05)])
+def test_histogram_growth_close_to_single_batch(method, rel):
+    x = torch.randn(60_000, generator=torch.Generator().manual_seed(2)) * torch.linspace(0.2, 3.0, 60_000)
+    spec = QuantSpec(method=method, percentile=99.9)
+    one = threshold(observed(spec, x))
+    for batches in (x.split(6_000), x.split(600), x.flip(0).split(6_000)):  # growing spread: many re-bins
+        assert threshold(observed(spec, *batches)) == pytest.approx(one, rel=rel)
+
+
+def test_histogram_growth_from_zero_batch_keeps_counts():
+    obs = observed(QuantSpec(method="percentile"), torch.zeros(100), torch.tensor([1.0, -2.0]))
+    assert float(obs.hist.sum()) == 102
+    assert float(obs.hist[0]) == 100
+    obs = observed(QuantSpec(method="mse", symmetric=False, dtype="uint8"), torch.tensor([1.0, 2.0]), torch.tensor([-5.0, 9.0]))
+    assert float(obs.hist.sum()) == 4
+    assert float(obs.hist_min) <= -5.0 and float(obs.hist_max) >= 9.0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec(method="mse", ch_axis=0),
+        QuantSpec(method="entropy", symmetric=False, dtype="uint8"),
+        QuantSpec(method="entropy", bins=64),
+        QuantSpec(method="percentile", bins=0),
+        QuantSpec(method="percentile", percentile=0.0),
+        QuantSpec(dtype="int4"),
+        QuantSpec(method="nope"),
+    ],
+)
+def test_invalid_specs_rejected(spec):
+    with pytest.raises(ValueError):
+        Observer(spec)
+
+
+# --- modes ----------------------------------------------------------------------------------------------
+def test_observing_returns_input_unchanged():
+    x = torch.randn(4, 8)
+    obs = Observer(QuantSpec())
+    assert obs.observing and not obs.fake_quant
+    assert torch.equal(obs(x), x)
+    assert bool(obs.has_stats)
+
+
+def test_observing_does_not_touch_autograd():
+    x = torch.randn(4, 8, requires_grad=True)
+    obs = Observer(QuantSpec())
+    obs(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    assert not obs.min_val.requires_grad
+
+
+def test_fake_quant_matches_manual_formula():
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3)) * 2
+    for spec in (QuantSpec(), QuantSpec(dtype="uint8", symmetric=False), QuantSpec(ch_axis=1)):
+        obs = observed(spec, x)
+        obs.freeze()
+        assert obs.fake_quant and not obs.observing
+        s, z = obs.scale, obs.zero_point.float()
+        if spec.ch_axis is not None:
+            s, z = s.view(1, -1), z.view(1, -1)
+        manual = (torch.clamp(torch.round(x * (1 / s)) + z, spec.qmin, spec.qmax) - z) * s
+        torch.testing.assert_close(obs(x), manual, rtol=0, atol=1e-6)
+
+
+def test_frozen_observer_ignores_new_data():
+    obs = observed(QuantSpec(), torch.tensor([-1.0, 1.0]))
+    obs.freeze()
+    obs(torch.tensor([50.0]))
+    assert float(obs.scale) == pytest.approx(1 / 127)
+
+
+def test_observing_and_fake_quant_uses_current_statistics():
+    obs = observed(QuantSpec(), torch.tensor([1.0]))
+    obs.freeze()
+    obs.observing = True
+    obs(torch.tensor([2.0]))
+    assert float(obs.scale) == pytest.approx(2 / 127)
+
+
+def test_nan_and_inf_raise_with_name():
+    obs = Observer(QuantSpec())
+    obs.name = "bert.layer.0.query:input"
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"bert\.layer\.0\.query:input.*NaN/inf"):
+            obs(torch.tensor([1.0, bad]))
+    assert not bool(obs.has_stats)
+
+
+def test_compute_before_observe_raises_with_name():
+    obs = Observer(QuantSpec())
+    obs.name = "cls:weight"
+    with pytest.raises(RuntimeError, match="cls:weight"):
+        obs.compute_qparams()
+    with pytest.raises(RuntimeError, match="cls:weight"):
+        obs.freeze()
+
+
+# --- state ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "spec",
+    [QuantSpec(), QuantSpec(ch_axis=0), QuantSpec(dtype="uint8", symmetric=False), QuantSpec(method="entropy")],
+)
+def test_state_dict_round_trip(spec):
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(4))
+    src = observed(spec, x, x * 1.5)
+    src.freeze()
+    state = safetensors.load(safetensors.save({k: v.contiguous() for k, v in src.state_dict().items()}))
+    dst = Observer(spec)
+    dst.load_state_dict(state)
+    dst.freeze()
+    assert torch.equal(dst.scale, src.scale) and torch.equal(dst.zero_point, src.zero_point)
+    assert torch.equal(dst(x), src(x))
+
+
+def test_state_dict_round_trip_before_freeze_recomputes_same_qparams():
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(5))
+    src = observed(QuantSpec(method="percentile", percentile=99.0), x)
+    dst = Observer(src.spec)
+    dst.load_state_dict(src.state_dict())
+    src.freeze()
+    dst.freeze()
+    assert torch.equal(dst(x), src(x))
+
+
+def test_onnx_export_emits_qdq():
+    onnx = pytest.importorskip("onnx")
+    linear = torch.nn.Linear(8, 4)
+    act, weight = observed(QuantSpec(), torch.randn(2, 8)), observed(QuantSpec(ch_axis=0), linear.weight)
+    act.freeze()
+    weight.freeze()
+
+    class FQLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act, self.weight, self.linear = act, weight, linear
+
+        def forward(self, x):
+            return torch.nn.functional.linear(self.act(x), self.weight(self.linear.weight), self.linear.bias)
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FQLinear(), (torch.randn(2, 8),), buf, dynamo=False, opset_version=17)
+    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 2
+
+
+# --- LSQ ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", [QuantSpec(), QuantSpec(ch_axis=0)])
+def test_lsq_matches_observer_and_learns(spec):
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(6)) * 3
+    obs = observed(spec, x)
+    obs.freeze()
+    lsq = LSQQuantizer.from_observer(obs)
+    xin = x.clone().requires_grad_(True)
+    y = lsq(xin)
+    torch.testing.assert_close(y, obs(x), rtol=0, atol=1e-6)
+    (y * torch.linspace(-1, 1, x.numel()).view_as(x)).sum().backward()
+    assert lsq.scale.grad is not None and bool((lsq.scale.grad != 0).all())
+    assert xin.grad is not None and bool((xin.grad != 0).any())  # straight-through: in-range gradient is 1
+
+
+def test_lsq_gradient_scale_and_ste():
+    obs = observed(QuantSpec(), torch.tensor([-1.27, 1.27]))
+    obs.freeze()  # scale 0.01
+    lsq = LSQQuantizer.from_observer(obs)
+    x = torch.tensor([0.004, 5.0], requires_grad=True)  # in range (rounds to 0), clipped to 127
+    lsq(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0]
+    # d/ds: round(x/s) - x/s = -0.4 in range, qmax = 127 when clipped; times g = 1 / sqrt(2 * 127)
+    assert float(lsq.scale.grad) == pytest.approx((-0.4 + 127) / (2 * 127) ** 0.5, rel=1e-4)
+
+
+def test_lsq_write_back_for_export():
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(7))
+    obs = observed(QuantSpec(ch_axis=0), x)
+    obs.name = "w"
+    obs.freeze()
+    lsq = LSQQuantizer.from_observer(obs)
+    with torch.no_grad():
+        lsq.scale.mul_(1.1)
+    back = lsq.to_observer()
+    assert back.fake_quant and not back.observing and back.name == "w"
+    torch.testing.assert_close(back.scale, lsq.export_qparams()[0])
+    torch.testing.assert_close(back(x), lsq(x).detach(), rtol=0, atol=1e-6)
+    fresh = Observer(back.spec)
+    fresh.load_state_dict(back.state_dict())
+    fresh.freeze()  # the learned scale survives a save/load and a re-freeze
+    assert torch.equal(fresh.scale, back.scale)
+
+
+def test_lsq_rejects_affine_and_unfrozen():
+    with pytest.raises(ValueError):
+        LSQQuantizer.from_observer(observed(QuantSpec(dtype="uint8", symmetric=False), torch.randn(4)))
+    with pytest.raises(RuntimeError):
+        LSQQuantizer.from_observer(observed(QuantSpec(), torch.randn(4)))
