@@ -1,6 +1,7 @@
 """Atomic artefact writes: a reader sees either the old file or the complete new one, never half of it."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,10 +11,14 @@ from typing import Any, Iterator
 
 from .errors import UserError
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk or an exhausted quota: the same fix
+
 
 def ensure_output_dir(path: str | Path) -> Path:
     """Create the output dir and prove it is writable before any long work starts."""
     out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output dir {out} is a file, not a directory; pass another --output-dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
@@ -25,15 +30,24 @@ def ensure_output_dir(path: str | Path) -> Path:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success rename it over `path`, on any failure delete it."""
+    """Yield a temp path beside `path`; on success rename it over `path`, on any failure delete it.
+
+    A full disk becomes a UserError: the user can act on it, and the old `path` is left as it was.
+    """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
         yield Path(tmp)
         os.replace(tmp, target)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            msg = f"no space left on device writing {target}; free space or pass another --output-dir"
+            raise UserError(msg) from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -8,8 +8,10 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -22,8 +24,10 @@ DEFAULT_MODEL = "default"
 CACHE_ENV = "PTQKIT_CACHE"
 DEFAULT_MODEL_NAME = "minilm-l6-rotten_tomatoes-v1"
 STALE_TMP_SECONDS = 3600
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 # What transformers raises for missing, unreachable or corrupt files (garbage .bin files fail in torch's unpickler).
 _LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError)
@@ -44,9 +48,15 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ptqkit")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+@contextmanager
+def _user_error_on_load(problem: str, fix: str) -> Iterator[None]:
+    """Turn transformers' load failures into one line: what is wrong, the library's reason, and the fix."""
+    try:
+        yield
+    except _LOAD_ERRORS as e:
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+        raise UserError(f"{problem} ({reason}); {fix}") from None
 
 
 def _looks_like_path(model: str) -> bool:
@@ -57,14 +67,15 @@ def _looks_like_path(model: str) -> bool:
 def _check_model_dir(path: Path, model: str) -> None:
     """Name what is missing before transformers does: it would guess (a hub lookup, a 5-token tokenizer)."""
     if not path.exists():
-        raise UserError(f"--model {model}: directory {path} does not exist; pass a save_pretrained dir or a hub id")
+        raise UserError(f"--model {model}: directory {path.absolute()} does not exist; "
+                        f"pass a save_pretrained dir or a hub id")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise UserError(f"--model {model}: not a model directory (no config.json); pass a save_pretrained dir")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
-        raise UserError(f"--model {model}: no weights file ({' or '.join(WEIGHT_FILES[::2])}) in {path}; "
+        raise UserError(f"--model {model}: no weights file (model.safetensors or pytorch_model.bin) in {path}; "
                         f"re-save the model with save_pretrained")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(f"--model {model}: no tokenizer files ({' or '.join(TOKENIZER_FILES[:2])}) in {path}; "
+        raise UserError(f"--model {model}: no tokenizer files (tokenizer.json or vocab.txt) in {path}; "
                         f"save the tokenizer there too with tokenizer.save_pretrained")
 
 
@@ -78,7 +89,7 @@ def _check_classifier(config, model: str) -> None:
     archs = config.architectures or []
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise UserError(f"--model {model}: a {', '.join(archs)} checkpoint is not a sequence classifier; "
-                        f"fine-tune it for classification (…ForSequenceClassification) first")
+                        f"fine-tune it as one (e.g. BertForSequenceClassification) first")
 
 
 def _load_pretrained(source: str, num_labels: int | None = None, fix: str = "re-save the model with save_pretrained"):
@@ -87,41 +98,38 @@ def _load_pretrained(source: str, num_labels: int | None = None, fix: str = "re-
     Unreadable files become a UserError ending in `fix`, the step that repairs them.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     kwargs = {"attn_implementation": "eager"}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
-    try:
+    with _user_error_on_load(f"the model weights in {source} are corrupt or unreadable", fix):
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    with _user_error_on_load(f"the tokenizer files in {source} are corrupt or unreadable", fix):
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except _LOAD_ERRORS as e:
-        raise UserError(f"--model {source}: weights or tokenizer are corrupt or unreadable "
-                        f"({type(e).__name__}: {_first_line(e)}); {fix}") from None
     return model.eval(), tokenizer
-
-
-def _read_config(source: str, model: str, fix: str):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source)
-    except _LOAD_ERRORS as e:
-        raise UserError(f"--model {model}: cannot read its config ({_first_line(e)}); {fix}") from None
 
 
 def load_model(model: str, task: TaskData, cache_dir: str | None = None):
     """Return (model, tokenizer, name). `model` is 'default', a local save_pretrained dir, or a hub id."""
+    from transformers import AutoConfig
+
     if model == DEFAULT_MODEL:
         path = default_model_dir(task, cache_dir)
         return (*_load_pretrained(str(path), fix=f"delete {path} so that it is rebuilt"), DEFAULT_MODEL_NAME)
     path = Path(model).expanduser()
     if path.exists() or _looks_like_path(model):
         _check_model_dir(path, model)
-        source, name, fix = str(path), path.name, "re-save the model with save_pretrained"
+        source, name = str(path), path.name
+        problem, fix = f"--model {model}: cannot read {path / 'config.json'}", "re-save the model with save_pretrained"
     else:
-        source, name, fix = model, model, ("no such local directory, and the model hub is unreachable or has no "
-                                           "such model; download it where the hub is reachable and pass its directory")
-    _check_classifier(_read_config(source, model, fix), model)
+        source, name = model, model
+        problem = f"--model {model}: no such local directory, and the model hub is unreachable or has no such model"
+        fix = "download the model where the hub is reachable and pass its local directory"
+    with _user_error_on_load(problem, fix):
+        config = AutoConfig.from_pretrained(source)
+    _check_classifier(config, model)
     m, tok = _load_pretrained(source, fix=fix)
     return m, tok, name
 

@@ -73,9 +73,9 @@ def load(cfg: RunConfig) -> Loaded:
 
 def run(cfg: RunConfig) -> dict:
     """fp32 baseline, PTQ, export, compile on the engine, evaluate and time every variant, write the report."""
-    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     backend = get_backend(cfg.backend)
     ld = load(cfg)
+    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     pad_id = ld.tokenizer.pad_token_id or 0
     threads = cfg.bench.threads[0]
 
@@ -166,7 +166,8 @@ def config_from_args(args) -> RunConfig:
     from .bench import parse_shapes, parse_threads
 
     try:
-        bench = BenchConfig(shapes=parse_shapes(args.shapes), threads=parse_threads(args.threads), rounds=args.rounds)
+        bench = BenchConfig(shapes=parse_shapes(getattr(args, "shapes", "1x128,6x64")),
+                            threads=parse_threads(getattr(args, "threads", None)), rounds=getattr(args, "rounds", 30))
     except ValueError as e:
         raise UserError(str(e)) from None
     return RunConfig(
@@ -174,15 +175,16 @@ def config_from_args(args) -> RunConfig:
         train_file=args.train_file, validation_file=args.validation_file,
         text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
         label_column=args.label_column, output_dir=args.output_dir, cache_dir=args.cache_dir,
-        eval_limit=args.eval_limit, batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
-        backend=args.backend, calib_batches=args.calib_batches, calib_method=args.calib_method,
+        eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
+        backend=args.backend, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", "minmax"),
     )
 
 
 def calib_step(cfg: RunConfig) -> Path:
     """calib.py: calibrate and save the quantization state plus a JSON summary of the qparams."""
-    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    get_backend(cfg.backend)
     ld = load(cfg)
+    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     q = calibrate(ld, cfg)
     state_dir = out_dir / "quant_state"
     q.save(state_dir)
@@ -198,8 +200,9 @@ def calib_step(cfg: RunConfig) -> Path:
 
 def export_step(cfg: RunConfig) -> dict[str, Path]:
     """export.py: rebuild the fake-quant model from the saved state and write the artefacts."""
-    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    get_backend(cfg.backend)
     ld = load(cfg)
+    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     q = Quantizer.load(out_dir / "quant_state", ld.model)
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
     for name, path in paths.items():

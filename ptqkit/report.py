@@ -29,7 +29,7 @@ def summary(rep: dict) -> str:
     for v in rep["variants"]:
         lines.append(f"***** eval results: {v['name']} *****")
         lines += [f"  {k} = {val:.4f}" for k, val in v.get("metrics", {}).items()]
-    for v in rep["variants"]:
+    for v in (v for v in rep["variants"] if v.get("latency_ms")):
         cells = ", ".join(f"{r['batch']}x{r['seq_len']}/{r['threads']}t {r['median']:.2f} ms" for r in v.get("latency_ms", []))
         lines.append(f"{v['name']} avg ms (median): {cells}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ class TorchRunner:
     """Runs an nn.Module under inference_mode with a fixed intra-op thread count."""
 
     def __init__(self, model: torch.nn.Module, input_names: tuple[str, ...], threads: int):
-        self.model = model.eval()
+        self.model = model  # callers pass eval-mode models (exported graphs refuse .eval())
         self.input_names = input_names
         self.threads = threads
 
