@@ -12,6 +12,9 @@ def main() -> int:
     p.add_argument("--shapes", default="1x128,6x64", help="latency shapes BATCHxSEQ, comma-separated")
     p.add_argument("--threads", help="thread counts, comma-separated (default: $OMP_NUM_THREADS or 1)")
     p.add_argument("--rounds", type=positive_int, default=30, help="timed rounds per shape")
+    p.add_argument("--bench-only", action="store_true", help="skip evaluation: build, check kernels, time")
+    p.add_argument("--skip-peers", action="store_true", help="leave out NNCF, bf16 and dynamic-int8 peers")
+    p.add_argument("--allow-no-int8", action="store_true", help="report an int8 model that ran without int8 kernels instead of failing")
     args = p.parse_args()
 
     from ptqkit.pipeline import config_from_args, run

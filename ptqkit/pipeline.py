@@ -1,14 +1,14 @@
 """The whole chain behind bert_ptq.py: data, model, fp32 baseline, evaluation, timing, report."""
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import platform
+from typing import Callable
 
 import numpy as np
 
-from . import artifacts, report
+from . import artifacts, peers, report
 from .backends import get_backend
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
@@ -19,6 +19,7 @@ from .errors import UserError
 from .evaluation import evaluate, predict_logits
 from .export import export_onnx, export_torchscript, fakequant_eager
 from .models import load_model
+from .peers import Peer
 from .quantizer import Quantizer, run_calibration
 
 
@@ -40,6 +41,9 @@ class RunConfig:
     backend: str = "openvino"
     calib_batches: int = 32
     calib_method: str = "minmax"
+    skip_peers: bool = False
+    bench_only: bool = False  # skip evaluation: build, check kernels and time only
+    allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -54,6 +58,10 @@ class Loaded:
     input_names: tuple[str, ...]
     val_features: list
     val_labels: list
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
 
 
 def load(cfg: RunConfig) -> Loaded:
@@ -71,63 +79,95 @@ def load(cfg: RunConfig) -> Loaded:
     return Loaded(task, model, tokenizer, name, input_names, features, [e.label for e in val])
 
 
+@dataclass
+class Variant:
+    """One model type in the report: its record (name, engine, precision, ...) and how to build a runner."""
+
+    record: dict
+    build: Callable[[int], object]  # threads -> runner
+
+
 def run(cfg: RunConfig) -> dict:
-    """fp32 baseline, PTQ, export, compile on the engine, evaluate and time every variant, write the report."""
+    """fp32 baseline, PTQ, export, compile on the engine, peers, evaluate and time every variant, report."""
     backend = get_backend(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    pad_id = ld.tokenizer.pad_token_id or 0
     threads = cfg.bench.threads[0]
-
-    def evaluated(name: str, engine: str, precision: str, runner) -> tuple[dict, np.ndarray]:
-        logits = predict_logits(runner, ld.val_features, cfg.batch_size, pad_id, desc=f"evaluating {name}")
-        metrics = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
-        return {"name": name, "engine": engine, "precision": precision, "metrics": metrics}, logits
-
-    fp32_eager, _ = evaluated("pytorch-fp32", "pytorch", "fp32", TorchRunner(ld.model, ld.input_names, threads))
-    variants = [fp32_eager]
-    builders = {"pytorch-fp32": lambda t: TorchRunner(ld.model, ld.input_names, t)}
-
-    q = calibrate(ld, cfg)
+    calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
+    q = calibrate(ld, cfg, calib)
     q.save(out_dir / "quant_state")
-    fq_variant, fq_logits = evaluated("pytorch-fakequant", "pytorch", "int8-fakequant", TorchRunner(q.quantize(), ld.input_names, threads))
-    fq_variant["note"] = "reference fake-quant graph (fp32 math); not timed"
-    variants.append(fq_variant)
-
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
-    for precision, path in (("fp32", paths["fp32_onnx"]), ("int8", paths["int8_onnx"])):
-        name = f"{backend.name}-{precision}"
-        runner = backend.compile(path, threads)
-        evidence = runner.kernels()
-        if precision == "int8" and evidence.int8 == 0:
-            raise RuntimeError(f"{backend.name} ran the int8 model without any int8 kernel ({evidence.details}); refusing to report it as int8")
-        variant, logits = evaluated(name, backend.name, precision, runner)
-        variant.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
-        if precision == "int8":
-            variant["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
-        variants.append(variant)
-        builders[name] = lambda t, p=path: backend.compile(p, t)
 
-    latency = measure_latency(builders, ld, cfg.bench)
+    ours_int8 = f"{backend.name}-int8"
+    variants = [
+        Variant({"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"}, lambda t: TorchRunner(ld.model, ld.input_names, t)),
+        Variant({"name": f"{backend.name}-fp32", "engine": backend.name, "precision": "fp32"}, lambda t: backend.compile(paths["fp32_onnx"], t, "fp32")),
+        Variant({"name": ours_int8, "engine": backend.name, "precision": "int8"}, lambda t: backend.compile(paths["int8_onnx"], t, "int8")),
+    ]
+    if not cfg.skip_peers:
+        variants += [Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build)
+                     for p in build_peers(ld, paths["fp32_onnx"], calib, out_dir)]
+
+    fq_logits = None
+    if not cfg.bench_only:
+        fq_runner = TorchRunner(q.quantize(), ld.input_names, threads)
+        fq_logits = predict_logits(fq_runner, ld.val_features, cfg.batch_size, ld.pad_id, desc="evaluating pytorch-fakequant")
+        variants.insert(1, Variant({"name": "pytorch-fakequant", "engine": "pytorch", "precision": "int8-fakequant",
+                                    "note": "reference fake-quant graph (fp32 math); not timed",
+                                    "metrics": evaluate(fq_logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)}, None))
     for v in variants:
-        if v["name"] in latency:
-            v["latency_ms"] = latency[v["name"]]
-    rep = report.build(cfg.device, ld.model_name, ld.task.name, len(ld.val_labels), variants, cfg.bench)
+        if v.build is None:
+            continue
+        runner = v.build(threads)
+        evidence = runner.kernels()
+        v.record.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
+        if v.record["name"] == ours_int8 and evidence.int8 == 0:
+            if not cfg.allow_no_int8:
+                raise RuntimeError(f"{backend.name} ran the int8 model without any int8 kernel ({evidence.details}); "
+                                   "refusing to report it as int8 (pass --allow-no-int8 to report it as such)")
+            v.record["note"] = "NO int8 kernels ran: the engine executed this model in floating point"
+        if cfg.bench_only:
+            continue
+        logits = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, desc=f"evaluating {v.record['name']}")
+        v.record["metrics"] = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
+        if v.record["name"] == ours_int8:
+            v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
+
+    latency = measure_latency({v.record["name"]: v.build for v in variants if v.build is not None}, ld, cfg.bench)
+    for v in variants:
+        if v.record["name"] in latency:
+            v.record["latency_ms"] = latency[v.record["name"]]
+    rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
+                       [v.record for v in variants], cfg.bench)
+    rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
+                           "calib_batches": len(calib)}
     rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
     if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
         rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
-    report_path = Path(out_dir) / "report.json"
-    artifacts.write_json(report_path, rep)
+    written = report.write(rep, out_dir)
     print(report.summary(rep))
-    print(f"report: {report_path}")
+    for path in written:
+        print(f"wrote {path}")
     return rep
 
 
-def calibrate(ld: Loaded, cfg: RunConfig) -> Quantizer:
+def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -> list[Peer]:
+    """NNCF int8 and OpenVINO bf16 (when OpenVINO is installed), ORT dynamic int8, PyTorch dynamic int8."""
+    import importlib.util
+
+    found = []
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        found += [peers.nncf_int8(fp32_onnx, calib, out_dir), peers.openvino_bf16(fp32_onnx)]
+    if importlib.util.find_spec("onnxruntime"):
+        found.append(peers.ort_dynamic_int8(fp32_onnx, out_dir))
+    found.append(peers.pytorch_dynamic_int8(ld.model, ld.input_names))
+    return found
+
+
+def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> Quantizer:
     """PTQ: observers on the captured graph, then calibration batches from the train split (never validation)."""
     q = Quantizer(device=cfg.device, backend=cfg.backend, config=QuantConfig.for_device(cfg.device).with_calib_method(cfg.calib_method))
     calib_model = q.calib(ld.model)
-    data = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     run_calibration(calib_model, data)
     q.quantize()
     return q
@@ -177,6 +217,8 @@ def config_from_args(args) -> RunConfig:
         label_column=args.label_column, output_dir=args.output_dir, cache_dir=args.cache_dir,
         eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
         backend=args.backend, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", "minmax"),
+        skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
+        allow_no_int8=getattr(args, "allow_no_int8", False),
     )
 
 
@@ -185,7 +227,7 @@ def calib_step(cfg: RunConfig) -> Path:
     get_backend(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    q = calibrate(ld, cfg)
+    q = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len))
     state_dir = out_dir / "quant_state"
     q.save(state_dir)
     summary = {
@@ -228,7 +270,7 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
     builders = {"pytorch-fp32": lambda t: TorchRunner(ld.model, ld.input_names, t)}
     for engine in engines:
         for precision, path in paths.items():
-            builders[f"{engine.name}-{precision}"] = lambda t, e=engine, p=path: e.compile(p, t)
+            builders[f"{engine.name}-{precision}"] = lambda t, e=engine, p=path, pr=precision: e.compile(p, t, pr)
     latency = measure_latency(builders, ld, cfg.bench)
     rows = [{"name": n, "latency_ms": lat} for n, lat in latency.items()]
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0, rows, cfg.bench)

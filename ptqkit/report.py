@@ -33,3 +33,105 @@ def summary(rep: dict) -> str:
         cells = ", ".join(f"{r['batch']}x{r['seq_len']}/{r['threads']}t {r['median']:.2f} ms" for r in v.get("latency_ms", []))
         lines.append(f"{v['name']} avg ms (median): {cells}")
     return "\n".join(lines)
+
+
+def write(rep: dict, out_dir) -> list:
+    """report.json, report.md and report.png (accuracy vs latency), each written atomically."""
+    from pathlib import Path
+
+    from . import artifacts
+
+    out = Path(out_dir)
+    paths = [out / "report.json", out / "report.md"]
+    artifacts.write_json(paths[0], rep)
+    artifacts.write_text(paths[1], markdown(rep))
+    if any(v.get("metrics") and v.get("latency_ms") for v in rep["variants"]):
+        paths.append(out / "report.png")
+        plot(rep, paths[2])
+    return paths
+
+
+def _primary_metric(rep: dict) -> str | None:
+    for v in rep["variants"]:
+        if v.get("metrics"):
+            return next(iter(v["metrics"]))
+    return None
+
+
+def markdown(rep: dict) -> str:
+    """Tables a person reads: accuracy, latency per shape/threads, speedup vs PyTorch eager fp32, kernels."""
+    cpu = rep["cpu"]
+    lines = [f"# int8 report: {rep['model']} on {rep['task']} ({rep['device']})", "",
+             f"CPU: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}). "
+             f"Versions: {', '.join(f'{k} {v}' for k, v in rep['versions'].items())}.", ""]
+    if rep.get("note"):
+        lines += [f"**Note:** {rep['note']}", ""]
+    metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})
+    if metric_names:
+        lines += [f"## Accuracy ({rep['eval_examples']} validation examples)", "",
+                  "| variant | " + " | ".join(metric_names) + " | agreement with fake-quant |",
+                  "|---|" + "---|" * (len(metric_names) + 1)]
+        for v in (v for v in rep["variants"] if v.get("metrics")):
+            cells = [f"{v['metrics'][m]:.4f}" if m in v["metrics"] else "" for m in metric_names]
+            agree = v.get("agreement_with_fakequant")
+            lines.append(f"| {_label(v)} | " + " | ".join(cells) + f" | {'' if agree is None else f'{agree:.4f}'} |")
+        lines.append("")
+    timed = [v for v in rep["variants"] if v.get("latency_ms")]
+    if timed:
+        base = {(r["batch"], r["seq_len"], r["threads"]): r["median"]
+                for v in timed if v["name"] == "pytorch-fp32" for r in v["latency_ms"]}
+        cells = [(r["batch"], r["seq_len"], r["threads"]) for r in timed[0]["latency_ms"]]
+        head = " | ".join(f"{b}x{s} {t}t" for b, s, t in cells)
+        lines += ["## Latency (median ms, interleaved; speedup vs PyTorch eager fp32 in brackets)", "",
+                  f"| variant | {head} |", "|---|" + "---|" * len(cells)]
+        for v in timed:
+            row = {(r["batch"], r["seq_len"], r["threads"]): r for r in v["latency_ms"]}
+            out = []
+            for c in cells:
+                r = row.get(c)
+                speed = f" ({base[c] / r['median']:.2f}x)" if r and c in base else ""
+                out.append(f"{r['median']:.2f}{speed}" if r else "")
+            lines.append(f"| {_label(v)} | " + " | ".join(out) + " |")
+        lines += ["", "p90 and throughput (sequences/s) per cell are in report.json.", ""]
+    with_kernels = [v for v in rep["variants"] if "int8_kernels" in v]
+    if with_kernels:
+        lines += ["## Kernel evidence (from each engine's own runtime graph)", "",
+                  "| variant | int8 kernels | fp32 kernels | other | details |", "|---|---|---|---|---|"]
+        for v in with_kernels:
+            details = ", ".join(f"{k}: {n}" for k, n in sorted(v.get("kernel_details", {}).items()))
+            lines.append(f"| {_label(v)} | {v['int8_kernels']} | {v['fp32_kernels']} | {v.get('other_kernels', 0)} | {details} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _label(v: dict) -> str:
+    return v["name"] + (" (peer)" if v.get("peer") else "")
+
+
+def plot(rep: dict, path) -> None:
+    """Accuracy vs latency at the first timed cell: where each variant sits in the trade-off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import artifacts
+
+    metric = _primary_metric(rep)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cell = None
+    for v in rep["variants"]:
+        if not (v.get("metrics") and v.get("latency_ms")):
+            continue
+        r = v["latency_ms"][0]
+        cell = f"{r['batch']}x{r['seq_len']}, {r['threads']} thread(s)"
+        ax.scatter(r["median"], v["metrics"][metric], marker="s" if v.get("peer") else "o")
+        ax.annotate(v["name"], (r["median"], v["metrics"][metric]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"median latency, ms ({cell})")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{rep['model']} on {rep['task']}: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -27,3 +27,11 @@ class Runner(Protocol):
     def __call__(self, inputs: Inputs) -> np.ndarray: ...
 
     def kernels(self) -> KernelEvidence: ...
+
+
+class Backend(Protocol):
+    """An engine: compile an ONNX (or engine-native) artefact for a precision and an intra-op thread count."""
+
+    name: str
+
+    def compile(self, model_path, threads: int, precision: str = "fp32") -> Runner: ...

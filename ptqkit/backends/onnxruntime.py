@@ -39,7 +39,8 @@ class ORTRunner:
 class ORTBackend:
     name = "onnxruntime"
 
-    def compile(self, model_path: str | Path, threads: int) -> ORTRunner:
+    def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> ORTRunner:
+        """The precision is in the graph (QDQ or not); ORT's CPU provider takes no precision hint."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()

@@ -1,0 +1,82 @@
+"""Peers: what a user would pick instead of our int8, built from the same model and calibration batches."""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import artifacts
+from .backends.base import Runner
+from .backends.onnxruntime import ORTBackend
+from .backends.openvino import OpenVINOBackend
+from .backends.pytorch import TorchRunner
+
+
+@dataclass
+class Peer:
+    name: str
+    engine: str
+    precision: str
+    build: Callable[[int], Runner]  # threads -> runner
+    artefact: str | None = None
+
+
+def nncf_int8(fp32_onnx: Path, calib: list[dict], out_dir: Path) -> Peer:
+    """NNCF PTQ (transformer model type) on the OpenVINO model, same calibration batches as ours."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_onnx))
+    dataset = nncf.Dataset(calib, lambda b: {k: v.numpy() for k, v in b.items()})
+    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib) * calib[0]["input_ids"].shape[0])
+    xml = out_dir / "peer_nncf_int8.xml"
+    _save_ir(quantized, xml)
+    backend = OpenVINOBackend()
+    return Peer("nncf-openvino-int8", "openvino", "int8", lambda t: backend.compile(xml, t, "int8"), str(xml))
+
+
+def openvino_bf16(fp32_onnx: Path) -> Peer:
+    """The fp32 model with OpenVINO's bf16 hint: no calibration at all."""
+    backend = OpenVINOBackend()
+    return Peer("openvino-bf16", "openvino", "bf16", lambda t: backend.compile(fp32_onnx, t, "bf16"), str(fp32_onnx))
+
+
+def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
+    """ONNX Runtime dynamic quantization: int8 weights, activations quantized per call (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = out_dir / "peer_ort_dynamic_int8.onnx"
+    with artifacts.atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(fp32_onnx), str(tmp), weight_type=QuantType.QInt8)
+    backend = ORTBackend()
+    return Peer("onnxruntime-dynamic-int8", "onnxruntime", "int8", lambda t: backend.compile(path, t, "int8"), str(path))
+
+
+def pytorch_dynamic_int8(model: torch.nn.Module, input_names: tuple[str, ...]) -> Peer:
+    """torch.ao dynamic int8 on every nn.Linear (deprecated API, still what many users reach for)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    return Peer("pytorch-dynamic-int8", "pytorch", "int8", lambda t: TorchRunner(qmodel, input_names, t))
+
+
+def _save_ir(model, xml: Path) -> None:
+    """ov.save_model writes .xml + .bin: write both under temp names, then rename (bin first)."""
+    import openvino as ov
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".ir-", dir=xml.parent))
+    try:
+        ov.save_model(model, str(tmp_dir / xml.name))
+        os.replace(tmp_dir / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
+        os.replace(tmp_dir / xml.name, xml)
+    finally:
+        for f in tmp_dir.glob("*"):
+            f.unlink()
+        tmp_dir.rmdir()
