@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import artifacts
 from .observers import Observer
@@ -24,7 +23,12 @@ OPSET = 17
 
 
 class FakeQuantLinear(torch.nn.Module):
-    """linear(fq(x), fq(W)) + b: the dequant -> linear pattern engines fuse into an int8 GEMM."""
+    """fq(x) @ fq(W^T) + b: the dequant -> matmul pattern engines fuse into an int8 GEMM.
+
+    The weight is transposed *before* fake-quant (per-channel axis 1), so the ONNX graph has
+    DequantizeLinear feeding MatMul directly; with F.linear the exporter put a Transpose between them,
+    and ONNX Runtime then fused only the activation side (MatMulIntegerToFloat on 6 of 14 linears).
+    """
 
     def __init__(self, linear: torch.nn.Linear, act: Observer, weight: Observer):
         super().__init__()
@@ -34,7 +38,13 @@ class FakeQuantLinear(torch.nn.Module):
         self.weight_fq = weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.act(x), self.weight_fq(self.weight), self.bias)
+        w, o = self.weight.t(), self.weight_fq
+        if o.spec.ch_axis is None:
+            wq = torch.fake_quantize_per_tensor_affine(w, o.scale, o.zero_point, o.spec.qmin, o.spec.qmax)
+        else:
+            wq = torch.fake_quantize_per_channel_affine(w, o.scale, o.zero_point, 1, o.spec.qmin, o.spec.qmax)
+        y = torch.matmul(self.act(x), wq)
+        return y if self.bias is None else y + self.bias
 
 
 class LogitsOnly(torch.nn.Module):
@@ -80,8 +90,34 @@ def export_onnx(model: torch.nn.Module, input_names: tuple[str, ...], example: d
             wrapper, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=list(input_names),
             output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "seq_len"} for n in input_names} | {"logits": {0: "batch"}},
         )
+        _inline_constant_identities(tmp)
     model.eval()  # the exporter restores the wrapper's mode; keep dropout off regardless
     return Path(path)
+
+
+def _inline_constant_identities(path: Path) -> None:
+    """Point consumers of Identity(initializer) at the initializer itself.
+
+    The exporter deduplicates equal scales/zero points into Identity nodes; ONNX Runtime's QDQ fusion wants
+    constant initializers there and otherwise leaves those MatMuls in fp32 (Q/K/V, pooler, classifier).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    if not alias:
+        return
+    graph_outputs = {o.name for o in graph.output}
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in graph_outputs)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    onnx.save(model, str(path))
 
 
 def export_torchscript(model: torch.nn.Module, input_names: tuple[str, ...], example: dict, path: str | Path) -> Path:

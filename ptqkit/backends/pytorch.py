@@ -23,5 +23,11 @@ class TorchRunner:
         return logits.float().numpy()
 
     def kernels(self) -> KernelEvidence:
-        linears = sum(isinstance(m, torch.nn.Linear) for m in self.model.modules())
-        return KernelEvidence(fp32=linears, details={"aten::linear": linears})
+        """Module count by type: float nn.Linear vs torch.ao dynamic int8 Linear (quantized::linear_dynamic)."""
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+
+        modules = list(self.model.modules())
+        int8 = sum(isinstance(m, DynamicQuantLinear) for m in modules)
+        fp32 = sum(type(m) is torch.nn.Linear for m in modules)
+        details = {k: n for k, n in (("aten::linear", fp32), ("quantized::linear_dynamic", int8)) if n}
+        return KernelEvidence(int8=int8, fp32=fp32, details=details)

@@ -1,0 +1,357 @@
+"""Frontend on tiny random models: capture, quantization points, calib/quantize/amp/fallback/QAT, state I/O."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ptqkit.capture import CaptureError, capture, model_input_names
+from ptqkit.config import QuantConfig
+from ptqkit.errors import UserError
+from ptqkit.export import fakequant_eager
+from ptqkit.observers import LSQQuantizer, Observer
+from ptqkit.passes import OBSERVERS_ATTR, find_quant_points, observer_key
+from ptqkit.quantizer import Quantizer, run_calibration
+
+BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LAYERS = 2
+PER_LAYER = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense")
+
+
+def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
+    """2-layer BERT; the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
+    model = BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(classifier_gain)
+    return model
+
+
+def make_batch(n: int, seq: int, seed: int, names: tuple[str, ...] = BERT_INPUTS) -> dict[str, torch.Tensor]:
+    """Random ids; odd rows padded over their last quarter; second half of each row is segment 1."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[1::2, seq * 3 // 4:] = 0
+    batch = {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+    if "token_type_ids" in names:
+        tt = torch.zeros(n, seq, dtype=torch.long)
+        tt[:, seq // 2:] = 1
+        batch["token_type_ids"] = tt
+    return batch
+
+
+def logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def calibrated(model: torch.nn.Module, batches, device: str = "x86", **overrides) -> Quantizer:
+    q = Quantizer(config=QuantConfig.for_device(device, **overrides))
+    run_calibration(q.calib(model), batches)
+    q.quantize()
+    return q
+
+
+@pytest.fixture(scope="module")
+def calib_batches():
+    return [make_batch(8, 16, 100 + i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def eval_batch():
+    return make_batch(64, 20, 7)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return tiny_bert()
+
+
+@pytest.fixture(scope="module")
+def bert_graph(bert):
+    """A plain captured graph (no observers) for point-finding tests."""
+    return capture(bert)
+
+
+@pytest.fixture(scope="module")
+def q_x86(bert, calib_batches):
+    return calibrated(bert, calib_batches, "x86")
+
+
+@pytest.fixture(scope="module")
+def q_arm(bert, calib_batches):
+    return calibrated(bert, calib_batches, "aarch64")
+
+
+# --- capture --------------------------------------------------------------------------------------------------
+def _check_dynamic(model, graph, names):
+    for n, seq in ((1, 7), (5, 23)):  # batch 1 and a length different from the export example (16)
+        batch = make_batch(n, seq, seed=n, names=names)
+        out = logits(graph, batch)
+        assert out.shape == (n, 2)
+        torch.testing.assert_close(out, logits(model, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_capture_bert_dynamic_batch_and_seq(bert, bert_graph):
+    assert model_input_names(bert) == BERT_INPUTS
+    _check_dynamic(bert, bert_graph, BERT_INPUTS)
+
+
+def test_find_quant_points_bert_names_every_linear(bert, bert_graph):
+    points = find_quant_points(bert_graph, QuantConfig.for_device("x86"))
+    expected = [f"bert.encoder.layer.{i}.{s}" for i in range(LAYERS) for s in PER_LAYER]
+    expected += ["bert.pooler.dense", "classifier"]
+    assert [p.name for p in points] == expected  # 6 per layer + pooler + classifier = 14, in graph order
+    assert all(p.kind == "linear" for p in points)
+    linears = {n for n, m in bert.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(expected) == linears
+    assert len({p.node for p in points}) == len(points)
+
+
+def _distilbert():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    return DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, num_labels=2,
+        attn_implementation="eager")).eval()
+
+
+def _roberta():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    return RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=66, pad_token_id=1, num_labels=2, attn_implementation="eager")).eval()
+
+
+@pytest.mark.parametrize("family", ["distilbert", "roberta"])
+def test_capture_other_families(family):
+    model = _distilbert() if family == "distilbert" else _roberta()
+    names = model_input_names(model)
+    assert names == ("input_ids", "attention_mask")
+    graph = capture(model)
+    _check_dynamic(model, graph, names)
+    points = find_quant_points(graph, QuantConfig.for_device("x86"))
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(points) == len(linears) == 14
+    assert [p.name for p in points] == linears  # module paths, in execution order
+    if family == "distilbert":
+        assert points[0].name == "distilbert.transformer.layer.0.attention.q_lin"
+        assert points[-2].name == "pre_classifier"
+    else:
+        assert points[0].name == "roberta.encoder.layer.0.attention.self.query"
+        assert [p.name for p in points[-2:]] == ["classifier.dense", "classifier.out_proj"]
+
+
+class _Branchy(torch.nn.Module):
+    """Data-dependent Python control flow on a tensor: torch.export cannot capture it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if out.logits.sum() > 0:  # data-dependent branch
+            return out
+        return out
+
+
+class _Itemy(_Branchy):
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        n = int(attention_mask.sum(1).max().item())  # data-dependent length
+        return self.inner(input_ids=input_ids[:, :n], attention_mask=attention_mask[:, :n],
+                          token_type_ids=token_type_ids[:, :n])
+
+
+@pytest.mark.parametrize("wrapper,source", [(_Branchy, "if out.logits.sum() > 0"), (_Itemy, ".item()")])
+def test_capture_error_names_failing_line(bert, wrapper, source):
+    with pytest.raises(CaptureError) as info:
+        capture(wrapper(bert))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert wrapper.__name__ in msg
+    assert "test_quantizer.py:" in msg and source in msg  # the user's source line, not a torch internal
+    assert "data-dependent" in msg
+
+
+# --- points and exclusion -------------------------------------------------------------------------------------
+def test_exclude_by_name_pattern(bert_graph):
+    names = [p.name for p in find_quant_points(bert_graph, QuantConfig.for_device("x86", exclude=("*.pooler.*",)))]
+    assert len(names) == 13 and "bert.pooler.dense" not in names and "classifier" in names
+    names = [p.name for p in find_quant_points(bert_graph, QuantConfig.for_device("x86", exclude=("classifier",)))]
+    assert len(names) == 13 and "classifier" not in names and "bert.pooler.dense" in names
+    both = QuantConfig.for_device("x86", exclude=("*.pooler.*", "classifier", "*.layer.0.*"))
+    assert len(find_quant_points(bert_graph, both)) == 6
+
+
+def test_exclude_all_linears_is_user_error(bert):
+    with pytest.raises(UserError, match="nothing to quantize"):
+        Quantizer(config=QuantConfig.for_device("x86", exclude=("linear",))).calib(copy.deepcopy(bert))
+
+
+def test_attention_matmul_points(bert_graph):
+    points = find_quant_points(bert_graph, QuantConfig.for_device("x86", attention_matmuls=True))
+    matmuls = [p for p in points if p.kind == "matmul"]
+    assert [p.name for p in matmuls] == [f"bert.encoder.layer.{i}.attention.self.{s}" for i in range(LAYERS)
+                                         for s in ("qk", "pv")]
+    assert all(p.roles == ("input", "other") for p in matmuls)
+    assert len(points) == 14 + 2 * LAYERS
+    only = QuantConfig.for_device("x86", attention_matmuls=True, exclude=("linear",))
+    assert [p.kind for p in find_quant_points(bert_graph, only)] == ["matmul"] * (2 * LAYERS)
+
+
+# --- calib / quantize -----------------------------------------------------------------------------------------
+def test_calib_model_is_exactly_fp32(bert, eval_batch):
+    q = Quantizer("x86")
+    graph = q.calib(bert)
+    for batch in (eval_batch, make_batch(1, 9, 3)):
+        assert torch.equal(logits(graph, batch), logits(bert, batch))
+    assert all(o.observing != k.endswith("__weight") and not o.fake_quant for k, o in q.observers().items())
+
+
+def test_quantized_close_to_fp32(bert, q_x86, q_arm, eval_batch):
+    ref = logits(bert, eval_batch)
+    assert ref.argmax(1).float().mean().item() not in (0.0, 1.0)  # informative logits: both classes occur
+    margin = ref[:, 0] - ref[:, 1]
+    for q in (q_x86, q_arm):
+        out = logits(q.graph, eval_batch)
+        assert not torch.equal(out, ref)  # fake quant is on
+        assert ((out - ref).norm() / ref.norm()).item() < 0.05  # measured ~0.02
+        assert ((out[:, 0] - out[:, 1] - margin).norm() / margin.norm()).item() < 0.15
+        assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.95
+
+
+def test_device_qparams_contract(q_x86, q_arm, bert):
+    for q, per_channel in ((q_x86, True), (q_arm, False)):
+        assert q.config.weight.symmetric and q.config.activation.symmetric
+        for p in q.points:
+            out_features = bert.get_submodule(p.name).out_features
+            w_scale, w_zp = q.qparams(p.name, "weight")
+            assert w_scale.shape == ((out_features,) if per_channel else ())
+            assert torch.all(w_zp == 0) and torch.all(w_scale > 0)
+            a_scale, a_zp = q.qparams(p.name, "input")
+            assert a_scale.shape == () and a_zp.shape == () and int(a_zp) == 0  # symmetric int8 activations
+            assert q.observers()[observer_key(p.name, "weight")].spec.qmin == -128
+
+
+def test_quantize_before_calibration_is_user_error(bert):
+    q = Quantizer("x86")
+    q.calib(bert)
+    with pytest.raises(UserError, match="never fed"):
+        q.quantize()
+
+
+# --- amp / fallback -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def q_fallback(bert, calib_batches):
+    q = calibrated(bert, calib_batches, "x86")
+    sens = q.amp(calib_batches[:2])
+    chosen = q.fallback(sens, 2)
+    return q, sens, chosen
+
+
+def test_amp_scores_every_point(q_fallback):
+    q, sens, _ = q_fallback
+    assert set(sens) == {p.name for p in q.points}
+    assert all(v >= 0 for v in sens.values()) and max(sens.values()) > 0
+    assert list(sens.values()) == sorted(sens.values(), reverse=True)
+
+
+def test_fallback_disables_exactly_chosen(q_fallback, eval_batch, bert):
+    q, sens, chosen = q_fallback
+    assert chosen == list(sens)[:2] and q.fallback_layers == chosen
+    obs = q.observers()
+    for p in q.points:
+        for role in p.roles:
+            assert obs[observer_key(p.name, role)].fake_quant is (p.name not in chosen), (p.name, role)
+    assert [p.name for p in q.quantized_points()] == [p.name for p in q.points if p.name not in chosen]
+    # the eager export quantizes exactly the remaining layers and agrees with the graph
+    eager = fakequant_eager(bert, q)
+    wrapped = {n for n, m in eager.named_modules() if type(m).__name__ == "FakeQuantLinear"}
+    assert wrapped == {p.name for p in q.quantized_points()}
+    assert torch.equal(logits(eager, eval_batch), logits(q.graph, eval_batch))
+
+
+def test_save_load_round_trip_with_fallback(q_fallback, bert, eval_batch, tmp_path):
+    q, _, chosen = q_fallback
+    q.save(tmp_path / "state")
+    q2 = Quantizer.load(tmp_path / "state", copy.deepcopy(bert))
+    assert q2.fallback_layers == chosen
+    assert [p.name for p in q2.points] == [p.name for p in q.points]
+    assert torch.equal(logits(q2.graph, eval_batch), logits(q.graph, eval_batch))
+    for key, o in q.observers().items():
+        o2 = q2.observers()[key]
+        assert o2.fake_quant == o.fake_quant
+        assert torch.equal(o2.scale, o.scale) and torch.equal(o2.zero_point, o.zero_point)
+
+
+@pytest.mark.parametrize("device", ["x86", "aarch64"])
+def test_save_load_round_trip(device, q_x86, q_arm, bert, eval_batch, tmp_path):
+    q = q_x86 if device == "x86" else q_arm
+    q.save(tmp_path / "state")
+    q2 = Quantizer.load(tmp_path / "state", copy.deepcopy(bert))
+    assert q2.config == q.config and q2.fallback_layers == []
+    assert torch.equal(logits(q2.graph, eval_batch), logits(q.graph, eval_batch))
+
+
+# --- QAT ------------------------------------------------------------------------------------------------------
+def test_qat_trains_scales_and_round_trips(calib_batches, eval_batch, tmp_path):
+    model = tiny_bert(seed=1)
+    original = copy.deepcopy(model)  # the captured graph shares (and QAT trains) the model's parameters
+    q = calibrated(model, calib_batches, "x86")
+    before = logits(q.graph, eval_batch)
+
+    graph = q.qat()
+    lsq = {k: o for k, o in q.observers().items() if isinstance(o, LSQQuantizer)}
+    assert len(lsq) == 2 * len(q.points)
+    scales = [o.scale for o in lsq.values()]
+    initial = [s.detach().clone() for s in scales]
+    weights = [p for n, p in graph.named_parameters() if not n.startswith(OBSERVERS_ATTR)]
+    # Adam moves every scale by ~lr per step: keep lr well below the smallest scale (weights: ~2e-4) so none
+    # crosses zero (LSQ clamps the scale at eps, where its gradient vanishes)
+    opt = torch.optim.Adam([{"params": scales, "lr": 1e-5}, {"params": weights, "lr": 1e-3}])
+    for step, batch in enumerate(calib_batches[:3]):
+        out = graph(**batch).logits
+        loss = torch.nn.functional.cross_entropy(out, torch.arange(out.shape[0]) % 2)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert all(s.grad is not None and torch.isfinite(s.grad).all() for s in scales)
+            assert sum(bool(s.grad.abs().sum() > 0) for s in scales) >= 0.9 * len(scales)
+        opt.step()
+    post = logits(graph, eval_batch)
+    assert (post - before).abs().max() > 1e-3
+    learned = {k: o.scale.detach().clone() for k, o in lsq.items()}
+    assert all(bool((s > 1e-6).all()) for s in learned.values())
+    assert any(not torch.equal(s, q_s) for s, q_s in zip(learned.values(), initial))
+
+    q.end_qat()
+    assert all(isinstance(o, Observer) and o.fake_quant for o in q.observers().values())
+    for k, s in learned.items():
+        assert torch.equal(q.observers()[k].scale, s)
+    assert torch.equal(logits(q.graph, eval_batch), post)
+    # the eager export takes the graph's trained weights, whatever the model it is given
+    assert torch.equal(logits(fakequant_eager(original, q), eval_batch), post)
+
+    # the state holds qparams only: load it onto a model carrying the QAT-trained weights
+    q.save(tmp_path / "state")
+    trained = dict(q.graph.named_parameters())
+    fresh = copy.deepcopy(original)
+    with torch.no_grad():
+        for name, p in fresh.named_parameters():
+            p.copy_(trained[name])
+    q2 = Quantizer.load(tmp_path / "state", fresh)
+    assert torch.equal(logits(q2.graph, eval_batch), post)
+    assert torch.equal(logits(fakequant_eager(original, q2), eval_batch), post)
