@@ -352,3 +352,11 @@ def calibration_batches(task: TaskData, tokenizer, n_batches: int, batch_size: i
         print(f"warning: only {len(picked)} train examples: calibrating on {math.ceil(len(picked) / batch_size)} "
               f"batches, not {n_batches}", file=sys.stderr)
     return list(batches(encode(tokenizer, picked, max_seq_len), batch_size, tokenizer.pad_token_id or 0))
+
+
+def train_holdout(task: TaskData, n: int, seed: int = 0) -> list[Example]:
+    """The last `n` train examples of the calibration shuffle: for choosing settings, disjoint from the
+    calibration batches whenever calibration uses fewer than len(train) - n examples; never validation."""
+    order = list(range(len(task.train)))
+    random.Random(seed).shuffle(order)
+    return [task.train[i] for i in order[-n:]] if n else []

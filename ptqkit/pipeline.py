@@ -14,12 +14,13 @@ from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs
 from .config import QuantConfig
-from .data import TaskData, calibration_batches, encode, load_task
+from .data import TaskData, calibration_batches, encode, load_task, train_holdout
 from .errors import UserError
 from .evaluation import evaluate, predict_logits
 from .export import export_onnx, export_torchscript, fakequant_eager
 from .models import load_model
 from .peers import Peer
+from .qat import QATConfig, train_qat
 from .quantizer import Quantizer, run_calibration
 
 
@@ -43,6 +44,8 @@ class RunConfig:
     calib_method: str = "minmax"
     skip_peers: bool = False
     bench_only: bool = False  # skip evaluation: build, check kernels and time only
+    max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
+    qat_epochs: float = 0.0
     allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -94,7 +97,7 @@ def run(cfg: RunConfig) -> dict:
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     threads = cfg.bench.threads[0]
     calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
-    q = calibrate(ld, cfg, calib)
+    q, steps = calibrate(ld, cfg, calib)
     q.save(out_dir / "quant_state")
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
 
@@ -144,7 +147,8 @@ def run(cfg: RunConfig) -> dict:
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
                        [v.record for v in variants], cfg.bench)
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
-                           "calib_batches": len(calib)}
+                           "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
+                           "qat_epochs": cfg.qat_epochs, **steps}
     rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
     if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
         rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
@@ -153,6 +157,32 @@ def run(cfg: RunConfig) -> dict:
     for path in written:
         print(f"wrote {path}")
     return rep
+
+
+def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], holdout_size: int = 500) -> float:
+    """Leave the fewest, most sensitive layers in fp32 until the fake-quant drop on a held-out slice of the
+    train split is within cfg.max_accuracy_drop points of the task's first metric (validation is never used).
+    Returns the holdout drop reached; the chosen layers are in q.fallback_layers."""
+    holdout = train_holdout(ld.task, holdout_size)
+    if len(ld.task.train) - holdout_size < len(calib) * cfg.batch_size:
+        raise UserError(f"train split too small for a {holdout_size}-example holdout beside the calibration batches")
+    features = encode(ld.tokenizer, holdout, cfg.max_seq_len)
+    labels = [e.label for e in holdout]
+    metric = ld.task.metrics[0]
+
+    def score(model) -> float:
+        logits = predict_logits(TorchRunner(model, ld.input_names, 1), features, cfg.batch_size, ld.pad_id, desc="holdout")
+        return 100 * evaluate(logits, labels, ld.task.metrics, ld.task.num_labels)[metric]
+
+    baseline = score(ld.model)
+    sensitivity = q.amp(calib[:4])
+    for n in range(len(q.points) + 1):
+        q.fallback(sensitivity, n)
+        drop = baseline - score(q.quantize())
+        print(f"auto-fallback: {n} layer(s) in fp32, holdout {metric} drop {drop:.2f} pt")
+        if drop <= cfg.max_accuracy_drop:
+            break
+    return round(drop, 3)
 
 
 def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -> list[Peer]:
@@ -168,13 +198,20 @@ def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -
     return found
 
 
-def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> Quantizer:
-    """PTQ: observers on the captured graph, then calibration batches from the train split (never validation)."""
+def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, dict]:
+    """PTQ on train batches (never validation), then the optional auto-fallback and QAT steps.
+
+    Returns the quantizer and what the optional steps did (for the report)."""
     q = Quantizer(device=cfg.device, backend=cfg.backend, config=QuantConfig.for_device(cfg.device).with_calib_method(cfg.calib_method))
     calib_model = q.calib(ld.model)
-    run_calibration(calib_model, data)
+    run_calibration(calib_model, data, total=len(data))
     q.quantize()
-    return q
+    steps: dict = {}
+    if cfg.max_accuracy_drop is not None:
+        steps["holdout_drop"] = auto_fallback(q, ld, cfg, data)
+    if cfg.qat_epochs:
+        steps["qat_steps"] = train_qat(q, ld.task, ld.tokenizer, QATConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len))
+    return q, steps
 
 
 def export_artifacts(model, q: Quantizer, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
@@ -222,7 +259,8 @@ def config_from_args(args) -> RunConfig:
         eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
         backend=args.backend, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", "minmax"),
         skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
-        allow_no_int8=getattr(args, "allow_no_int8", False),
+        allow_no_int8=getattr(args, "allow_no_int8", False), max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
+        qat_epochs=getattr(args, "qat_epochs", 0.0),
     )
 
 
@@ -231,7 +269,7 @@ def calib_step(cfg: RunConfig) -> Path:
     get_backend(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    q = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len))
+    q, _ = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len))
     state_dir = out_dir / "quant_state"
     q.save(state_dir)
     summary = {

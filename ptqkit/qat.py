@@ -1,0 +1,62 @@
+"""QAT: continue from the PTQ state and learn LSQ scales (and weights) on the train split."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import TaskData, batches, encode
+from .observers import LSQQuantizer
+from .quantizer import Quantizer
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    epochs: float = 1.0  # fractions allowed: 0.25 trains on a quarter of the train split
+    batch_size: int = 32
+    lr_scales: float = 1e-3
+    lr_weights: float = 1e-5
+    max_seq_len: int = 128
+    seed: int = 0
+
+
+def train_qat(q: Quantizer, task: TaskData, tokenizer, cfg: QATConfig) -> int:
+    """Fine-tune the fake-quant graph with task loss; write the learned scales back. Returns steps taken."""
+    graph = q.qat()
+    scales = [m.scale for m in q.observers().values() if isinstance(m, LSQQuantizer)]
+    scale_ids = {id(p) for p in scales}
+    weights = [p for p in graph.parameters() if id(p) not in scale_ids and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": scales, "lr": cfg.lr_scales, "weight_decay": 0.0},
+                             {"params": weights, "lr": cfg.lr_weights}])
+    features = encode(tokenizer, task.train, cfg.max_seq_len)
+    labels = [e.label for e in task.train]
+    order = list(range(len(features)))
+    rng = random.Random(cfg.seed)
+    steps = max(1, int(cfg.epochs * len(order) / cfg.batch_size))
+    done = 0
+    with tqdm(total=steps, desc="QAT", unit="step") as bar:
+        while done < steps:
+            rng.shuffle(order)
+            for i in range(0, len(order), cfg.batch_size):
+                if done == steps:
+                    break
+                idx = order[i : i + cfg.batch_size]
+                batch = next(batches([features[j] for j in idx], len(idx), tokenizer.pad_token_id or 0))
+                logits = graph(**batch).logits
+                target = torch.tensor([labels[j] for j in idx])
+                loss = F.mse_loss(logits.squeeze(-1), target.float()) if task.num_labels == 1 else F.cross_entropy(logits, target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for s in scales:
+                        s.clamp_(min=torch.finfo(torch.float32).eps)
+                done += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    q.end_qat()
+    q.quantize()
+    return done
