@@ -17,7 +17,7 @@ from .quantizer import Quantizer
 class QATConfig:
     epochs: float = 1.0  # fractions allowed: 0.25 trains on a quarter of the train split
     batch_size: int = 32
-    lr_scales: float = 1e-3
+    lr_scales: float = 1e-3  # relative: each scale's lr is this times its calibrated size (scales span 1e-4..1e-1)
     lr_weights: float = 1e-5
     max_seq_len: int = 128
     seed: int = 0
@@ -29,8 +29,9 @@ def train_qat(q: Quantizer, task: TaskData, tokenizer, cfg: QATConfig) -> int:
     scales = [m.scale for m in q.observers().values() if isinstance(m, LSQQuantizer)]
     scale_ids = {id(p) for p in scales}
     weights = [p for p in graph.parameters() if id(p) not in scale_ids and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": scales, "lr": cfg.lr_scales, "weight_decay": 0.0},
-                             {"params": weights, "lr": cfg.lr_weights}])
+    # Adam moves every parameter by about lr per step, so one absolute lr would wipe out small weight scales.
+    groups = [{"params": [s], "lr": cfg.lr_scales * float(s.detach().abs().mean()), "weight_decay": 0.0} for s in scales]
+    opt = torch.optim.AdamW(groups + [{"params": weights, "lr": cfg.lr_weights}])
     features = encode(tokenizer, task.train, cfg.max_seq_len)
     labels = [e.label for e in task.train]
     order = list(range(len(features)))

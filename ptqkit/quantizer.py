@@ -34,11 +34,13 @@ class Quantizer:
         self.points: list[QuantPoint] = []
         self.fallback_layers: list[str] = []
         self.graph: torch.fx.GraphModule | None = None  # the observed graph, shared by every mode
+        self.weights_trained = False  # set by qat(): the graph's weights then differ from the model's
 
     # --- the workflow -------------------------------------------------------------------------------------
     def calib(self, model: torch.nn.Module) -> torch.fx.GraphModule:
-        """Capture the model and insert observers; run calibration batches through the returned graph."""
-        self.graph = capture(model)
+        """Capture a copy of the model (QAT must not train the caller's weights) and insert observers;
+        run calibration batches through the returned graph."""
+        self.graph = capture(copy.deepcopy(model))
         self.points = find_quant_points(self.graph, self.config)
         if not self.points:
             raise UserError("nothing to quantize: every linear was excluded")
@@ -93,6 +95,7 @@ class Quantizer:
         for key, o in list(obs.items()):
             if isinstance(o, Observer) and o.fake_quant:
                 obs[key] = LSQQuantizer.from_observer(o)
+        self.weights_trained = True
         return graph
 
     def end_qat(self) -> None:
@@ -147,12 +150,17 @@ class Quantizer:
         tensors = {f"{k}.{b}": t.detach().contiguous().clone() for k, o in self.observers().items() for b, t in o.state_dict().items()}
         with artifacts.atomic_path(out / "observers.safetensors") as tmp:
             save_file(tensors, str(tmp))
+        if self.weights_trained:  # QAT changed the weights: they are part of the state
+            weights = {n: p.detach().contiguous().clone() for n, p in self.graph.named_parameters()}
+            with artifacts.atomic_path(out / "weights.safetensors") as tmp:
+                save_file(weights, str(tmp))
         meta = {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
             "backend": self.backend,
             "points": [{"name": p.name, "kind": p.kind, "node": p.node} for p in self.points],
             "fallback": self.fallback_layers,
+            "weights_trained": self.weights_trained,
         }
         artifacts.write_json(out / "quant_state.json", meta)
 
@@ -175,6 +183,16 @@ class Quantizer:
         for key, obs in q.observers().items():
             obs.load_state_dict({b[len(key) + 1 :]: t for b, t in tensors.items() if b.startswith(key + ".")})
         q.fallback_layers = list(meta.get("fallback", []))
+        if meta.get("weights_trained"):
+            try:
+                weights = load_file(str(d / "weights.safetensors"))
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read QAT weights in {d}: {e}; rerun calib.py") from None
+            params = dict(q.graph.named_parameters())
+            with torch.no_grad():
+                for name, t in weights.items():
+                    params[name].copy_(t)
+            q.weights_trained = True
         q.quantize()
         return q
 
@@ -182,9 +200,6 @@ class Quantizer:
 def _logits(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
-
-def copy_graph(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    return copy.deepcopy(graph)
 
 
 def run_calibration(calib_model: torch.fx.GraphModule, batches: Iterable[dict], total: int | None = None) -> int:

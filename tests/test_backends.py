@@ -1,0 +1,134 @@
+"""Engines on exported tiny-BERT artefacts: int8 kernels really run, outputs match the torch fake-quant graph."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ptqkit.backends import get_backend
+from ptqkit.export import export_onnx, fakequant_eager
+from ptqkit.quantizer import Quantizer, run_calibration
+
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+N_LINEARS = 14
+ENGINES = ("openvino", "onnxruntime")
+
+
+def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
+    """2-layer BERT; the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
+    model = BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(classifier_gain)
+    return model
+
+
+def make_batch(n: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random ids; odd rows padded over their last quarter; second half of each row is segment 1."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[1::2, seq * 3 // 4:] = 0
+    tt = torch.zeros(n, seq, dtype=torch.long)
+    tt[:, seq // 2:] = 1
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": tt}
+
+
+def logits(model, batch) -> np.ndarray:
+    with torch.no_grad():
+        out = model(**batch)
+    return (out.logits if hasattr(out, "logits") else out).numpy()
+
+
+EXAMPLE = make_batch(1, 16, seed=5)  # export shape
+EVAL = make_batch(32, 20, seed=7)  # run shape (dynamic axes)
+EVAL_NP = {k: v.numpy() for k, v in EVAL.items()}
+
+
+def calibrated(model, device: str) -> Quantizer:
+    q = Quantizer(device)
+    run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
+    q.quantize()
+    return q
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster, and fair to other jobs on a small shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory):
+    """ONNX files and the torch reference logits for each: fp32, int8 (x86, aarch64), int8 with 2 fp32 layers."""
+    out = tmp_path_factory.mktemp("onnx")
+    model = tiny_bert()
+    arts = {"fp32": (export_onnx(model, NAMES, EXAMPLE, out / "fp32.onnx"), logits(model, EVAL), N_LINEARS)}
+    for device in ("x86", "aarch64"):
+        q = calibrated(model, device)
+        path = export_onnx(fakequant_eager(model, q), NAMES, EXAMPLE, out / f"int8-{device}.onnx")
+        arts[device] = (path, logits(q.graph, EVAL), N_LINEARS)
+    q.fallback(q.amp([make_batch(8, 16, 200)]), 2)  # aarch64 quantizer, now with two layers left in fp32
+    path = export_onnx(fakequant_eager(model, q), NAMES, EXAMPLE, out / "int8-fallback.onnx")
+    arts["fallback"] = (path, logits(q.graph, EVAL), N_LINEARS - 2)
+    assert len(set(arts["fp32"][1].argmax(1))) == 2  # informative logits: both classes predicted
+    return arts
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    pytest.importorskip(request.param)
+    return get_backend(request.param)
+
+
+def _agreement(out: np.ndarray, ref: np.ndarray) -> float:
+    return float((out.argmax(1) == ref.argmax(1)).mean())
+
+
+def test_fp32_runs_without_int8_kernels(engine, artefacts):
+    path, ref, _ = artefacts["fp32"]
+    runner = engine.compile(path, 1, "fp32")
+    ev = runner.kernels()
+    assert ev.int8 == 0 and ev.fp32 >= N_LINEARS, ev.details
+    out = runner(EVAL_NP)
+    assert out.shape == ref.shape == (32, 2)
+    assert np.abs(out - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["x86", "aarch64", "fallback"])
+def test_int8_kernels_and_agreement(engine, artefacts, variant):
+    path, ref, quantized_linears = artefacts[variant]
+    runner = engine.compile(path, 1, "int8")
+    ev = runner.kernels()
+    # one int8 kernel per quantized linear (OpenVINO FullyConnected, ORT MatMulIntegerToFloat)
+    assert ev.int8 == quantized_linears, ev.details
+    if engine.name == "openvino":  # the fallback linears stay fp32
+        assert ev.fp32 == N_LINEARS - quantized_linears and ev.other == 0, ev.details
+    out = runner(EVAL_NP)
+    assert out.shape == ref.shape
+    assert _agreement(out, ref) >= 0.95
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()  # measured ~1e-7: same QDQ arithmetic
+
+
+def test_aarch64_artefact_is_per_tensor(artefacts):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(artefacts["aarch64"][0]))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+    assert len(weight_q) == N_LINEARS
+    for n in weight_q:
+        assert inits[n.input[1]].shape == ()  # scalar scale, no axis
+        assert not any(a.name == "axis" for a in n.attribute)
+    x86 = onnx.load(str(artefacts["x86"][0]))
+    x86_inits = {i.name: numpy_helper.to_array(i) for i in x86.graph.initializer}
+    assert all(x86_inits[n.input[1]].ndim == 1 for n in x86.graph.node
+               if n.op_type == "QuantizeLinear" and n.input[0] in x86_inits)

@@ -1,0 +1,178 @@
+"""Export of the fake-quant model: eager rebuild, TorchScript round trip, QDQ ONNX (per-device) run by ONNX Runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ptqkit.export import export_onnx, export_torchscript, fakequant_eager
+from ptqkit.quantizer import Quantizer, run_calibration
+
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+N_LINEARS = 14
+
+
+def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
+    """2-layer BERT; the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
+    model = BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(classifier_gain)
+    return model
+
+
+def make_batch(n: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random ids; odd rows padded over their last quarter; second half of each row is segment 1."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[1::2, seq * 3 // 4:] = 0
+    tt = torch.zeros(n, seq, dtype=torch.long)
+    tt[:, seq // 2:] = 1
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": tt}
+
+
+def logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out
+
+
+EXPORT_EXAMPLE = make_batch(1, 16, seed=5)  # ONNX is traced at batch 1, seq 16
+OTHER_SHAPE = make_batch(32, 20, seed=7)  # ...and run at another batch and length
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster, and fair to other jobs on a small shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return tiny_bert()
+
+
+@pytest.fixture(scope="module", params=["x86", "aarch64"])
+def quantized(request, bert, tmp_path_factory):
+    """(device, quantizer, eager fake-quant model, int8 ONNX path) per device contract."""
+    q = Quantizer(request.param)
+    run_calibration(q.calib(bert), [make_batch(8, 16, 100 + i) for i in range(4)])
+    q.quantize()
+    eager = fakequant_eager(bert, q)
+    path = export_onnx(eager, NAMES, EXPORT_EXAMPLE, tmp_path_factory.mktemp(request.param) / "int8.onnx")
+    return request.param, q, eager, path
+
+
+def _const(model, name: str) -> np.ndarray:
+    """Value of an initializer or Constant output, following Identity nodes."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    while name not in inits:
+        node = producers[name]
+        if node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t)
+        assert node.op_type == "Identity", f"{name} comes from {node.op_type}, not a constant"
+        name = node.input[0]
+    return numpy_helper.to_array(inits[name])
+
+
+def _axis(node):
+    return next((a.i for a in node.attribute if a.name == "axis"), None)
+
+
+def test_fakequant_eager_equals_graph(quantized):
+    _, q, eager, _ = quantized
+    for batch in (OTHER_SHAPE, make_batch(1, 5, seed=3)):
+        assert torch.equal(logits(eager, batch), logits(q.graph, batch))
+    assert sum(type(m).__name__ == "FakeQuantLinear" for m in eager.modules()) == N_LINEARS
+
+
+def test_torchscript_round_trip(quantized, tmp_path):
+    _, _, eager, _ = quantized
+    example = make_batch(2, 16, seed=9)
+    path = export_torchscript(eager, NAMES, example, tmp_path / "int8.pt")
+    loaded = torch.jit.load(str(path))
+    probe = make_batch(2, 16, seed=11)  # the traced shape, other values
+    for batch in (example, probe):
+        with torch.no_grad():
+            out = loaded(*(batch[n] for n in NAMES))
+        assert torch.equal(out, logits(eager, batch))
+
+
+def _out_axis(consumer, input_index: int) -> int:
+    """Which axis of the weight feeding `consumer` holds the output features."""
+    if consumer.op_type == "MatMul":
+        assert input_index == 1
+        return 1  # B is [in, out]
+    assert consumer.op_type == "Gemm" and input_index == 1, consumer.op_type
+    trans_b = next((a.i for a in consumer.attribute if a.name == "transB"), 0)
+    return 0 if trans_b else 1
+
+
+def test_onnx_qdq_structure(quantized, bert):
+    import onnx
+
+    device, q, _, path = quantized
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 2 * N_LINEARS
+    inits = {i.name: i for i in model.graph.initializer}
+    assert not any(n.op_type == "Identity" and n.input[0] in inits for n in model.graph.node)  # inlined
+    consumers = {}
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            consumers.setdefault(name, []).append((n, i))
+
+    weight_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+    assert len(weight_q) == N_LINEARS
+    for point, qn in zip(q.points, weight_q):  # graph order is forward order
+        out_features = bert.get_submodule(point.name).out_features
+        ((dq, _),) = consumers[qn.output[0]]
+        assert dq.op_type == "DequantizeLinear"
+        ((mm, index),) = consumers[dq.output[0]]  # DequantizeLinear feeds the GEMM directly (no Transpose)
+        axis = _out_axis(mm, index)
+        assert inits[qn.input[0]].dims[axis] == out_features
+        expected_scale = q.qparams(point.name, "weight")[0].numpy()
+        for node in (qn, dq):
+            scale, zp = _const(model, node.input[1]), _const(model, node.input[2])
+            assert zp.dtype == np.int8 and not zp.any()  # symmetric int8
+            np.testing.assert_array_equal(scale, expected_scale)
+            if device == "x86":  # per-channel along the output features
+                assert scale.shape == (out_features,) and _axis(node) == axis
+            else:  # aarch64: per-tensor
+                assert scale.shape == () and _axis(node) is None
+    weights = {n.input[0] for n in weight_q}
+    act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
+    assert len(act_q) == N_LINEARS
+    for qn in act_q:
+        assert _const(model, qn.input[1]).shape == () and _const(model, qn.input[2]).dtype == np.int8
+        assert not _const(model, qn.input[2]).any()
+
+
+def test_onnx_dynamic_axes_run_in_onnxruntime(quantized):
+    import onnx
+
+    ort = pytest.importorskip("onnxruntime")
+    _, q, _, path = quantized
+    graph_inputs = onnx.load(str(path)).graph.input
+    assert [i.name for i in graph_inputs] == list(NAMES)
+    for i in graph_inputs:
+        dims = i.type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims] == ["batch", "seq_len"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ref = logits(q.graph, OTHER_SHAPE).numpy()
+    out = session.run(None, {k: v.numpy() for k, v in OTHER_SHAPE.items()})[0]
+    assert out.shape == ref.shape == (32, 2)
+    assert np.abs(out - ref).max() < 1e-4  # same QDQ arithmetic; measured ~2e-7
+    assert (out.argmax(1) == ref.argmax(1)).all()
