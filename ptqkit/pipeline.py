@@ -159,7 +159,7 @@ def run(cfg: RunConfig) -> dict:
     return rep
 
 
-def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], holdout_size: int = 500) -> float:
+def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], holdout_size: int = 1000) -> float:
     """Leave the fewest, most sensitive layers in fp32 until the fake-quant drop on a held-out slice of the
     train split is within cfg.max_accuracy_drop points of the task's first metric (validation is never used).
     Returns the holdout drop reached; the chosen layers are in q.fallback_layers."""
@@ -216,7 +216,8 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
 
 def export_artifacts(model, q: Quantizer, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
     """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript, each written atomically."""
-    example = example_inputs(model, input_names, batch=1, seq_len=128)
+    seq_len = min(128, int(getattr(model.config, "max_position_embeddings", 128) or 128))
+    example = example_inputs(model, input_names, batch=1, seq_len=seq_len)
     fq_model = fakequant_eager(model, q)
     return {
         "fp32_onnx": export_onnx(model, input_names, example, out_dir / "model_fp32.onnx"),

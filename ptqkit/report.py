@@ -18,7 +18,7 @@ def build(device: str, model: str, task: str, eval_examples: int, variants: list
         "cpu": cpu_info(),
         "versions": versions(),
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ},
-        "bench": {**asdict(bench), "shapes": [str(s) for s in bench.shapes]},
+        "bench": {**asdict(bench), "shapes": [str(s) for s in bench.shapes], "threads": list(bench.threads)},
         "variants": variants,
     }
 

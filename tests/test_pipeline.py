@@ -1,0 +1,87 @@
+"""The pipeline on a tiny model and the user's own CSV files: report files, kernel evidence, steps, fallback."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ptqkit.bench import BenchConfig, Shape
+from ptqkit.data import calibration_batches
+from ptqkit.pipeline import RunConfig, auto_fallback, calibrate, load, run
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = "good bad great awful fine dull fun boring film plot acting movie story".split()
+
+
+def _write_csv(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        for _ in range(n):
+            w.writerow([" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))), rng.randint(0, 1)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def user_cfg(tmp_path_factory, tiny_model_dir) -> RunConfig:
+    d = tmp_path_factory.mktemp("pipeline")
+    return RunConfig(
+        model=str(tiny_model_dir), train_file=str(_write_csv(d / "train.csv", 120, 0)),
+        validation_file=str(_write_csv(d / "val.csv", 40, 1)), output_dir=str(d / "out"), cache_dir=str(d / "cache"),
+        batch_size=8, max_seq_len=32, calib_batches=2, skip_peers=True,
+        bench=BenchConfig(shapes=(Shape(1, 16),), rounds=2, warmup=1),
+    )
+
+
+def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
+    rep = run(user_cfg)
+    out = Path(user_cfg.output_dir)
+    for name in ("report.json", "report.md", "report.png", "model_fp32.onnx", "model_int8_qdq.onnx",
+                 "model_int8_fakequant.pt", "quant_state/quant_state.json", "quant_state/observers.safetensors"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "report.json").read_text()) == rep
+    by_name = {v["name"]: v for v in rep["variants"]}
+    assert rep["task"] == "custom" and rep["eval_examples"] == 40
+    assert by_name["openvino-int8"]["int8_kernels"] == rep["quantization"]["points"] == 14
+    assert by_name["openvino-fp32"]["int8_kernels"] == 0
+    assert 0.0 <= by_name["openvino-int8"]["agreement_with_fakequant"] <= 1.0
+    assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["pytorch-fakequant"]
+    assert "## Kernel evidence" in (out / "report.md").read_text()
+    assert not list(out.glob(".*tmp*")), "temp files left behind"
+
+
+@pytest.mark.parametrize("budget, expected", [(100.0, 0), (-101.0, 14)])
+def test_auto_fallback_extremes(user_cfg: RunConfig, budget: float, expected: int) -> None:
+    """A loose budget keeps every layer int8; an impossible one leaves every layer in fp32."""
+    cfg = replace(user_cfg)
+    ld = load(cfg)
+    calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
+    q, _ = calibrate(ld, cfg, calib)
+    auto_fallback(q, ld, replace(cfg, max_accuracy_drop=budget), calib, holdout_size=40)
+    assert len(q.fallback_layers) == expected
+    assert len(q.quantized_points()) == 14 - expected
+
+
+def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> None:
+    """calib.py -> export.py -> bench.py as separate, resumable processes."""
+    common = ["--model", user_cfg.model, "--train-file", user_cfg.train_file, "--validation-file", user_cfg.validation_file,
+              "--output-dir", str(tmp_path), "--batch-size", "8", "--max-seq-len", "32"]
+    env = {**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    steps = [["calib.py", "--calib-batches", "2"], ["export.py"], ["bench.py", "--shapes", "1x16", "--rounds", "2",
+                                                                   "--backends", "openvino,onnxruntime"]]
+    for script, *extra in steps:
+        res = subprocess.run([sys.executable, str(REPO / script), *common, *extra], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"{script}: {res.stderr[-2000:]}"
+    assert (tmp_path / "calib_summary.json").is_file() and (tmp_path / "model_int8_qdq.onnx").is_file()
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert {v["name"] for v in bench["variants"]} == {"pytorch-fp32", "openvino-fp32", "openvino-int8",
+                                                      "onnxruntime-fp32", "onnxruntime-int8"}
