@@ -21,6 +21,7 @@ from .export import export_onnx, export_torchscript, fakequant_eager
 from .models import load_model
 from .peers import Peer
 from .qat import QATConfig, train_qat
+from .smoothquant import collect_input_absmax, smooth
 from .quantizer import Quantizer, run_calibration
 
 
@@ -41,11 +42,12 @@ class RunConfig:
     max_seq_len: int = 128
     backend: str = "openvino"
     calib_batches: int = 32
-    calib_method: str = "minmax"
+    calib_method: str | None = None  # None: the device's measured default (config.DEFAULT_CALIB_METHOD)
     skip_peers: bool = False
     bench_only: bool = False  # skip evaluation: build, check kernels and time only
     max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
     qat_epochs: float = 0.0
+    smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
     allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -148,7 +150,7 @@ def run(cfg: RunConfig) -> dict:
                        [v.record for v in variants], cfg.bench)
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
-                           "qat_epochs": cfg.qat_epochs, **steps}
+                           "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
     rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
     if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
         rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
@@ -202,11 +204,18 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     """PTQ on train batches (never validation), then the optional auto-fallback and QAT steps.
 
     Returns the quantizer and what the optional steps did (for the report)."""
-    q = Quantizer(device=cfg.device, backend=cfg.backend, config=QuantConfig.for_device(cfg.device).with_calib_method(cfg.calib_method))
+    config = QuantConfig.for_device(cfg.device)
+    if cfg.calib_method:
+        config = config.with_calib_method(cfg.calib_method)
+    steps: dict = {}
+    if cfg.smoothquant is not None:
+        # In place on the float model: its outputs do not change, only where the range sits.
+        steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
+    q = Quantizer(device=cfg.device, backend=cfg.backend, config=config)
     calib_model = q.calib(ld.model)
+    q.weights_changed = bool(steps.get("smoothed"))  # the state must carry the smoothed weights
     run_calibration(calib_model, data, total=len(data))
     q.quantize()
-    steps: dict = {}
     if cfg.max_accuracy_drop is not None:
         steps["holdout_drop"] = auto_fallback(q, ld, cfg, data)
     if cfg.qat_epochs:
@@ -258,10 +267,10 @@ def config_from_args(args) -> RunConfig:
         text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
         label_column=args.label_column, output_dir=args.output_dir, cache_dir=args.cache_dir,
         eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
-        backend=args.backend, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", "minmax"),
+        backend=args.backend, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", None),
         skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
         allow_no_int8=getattr(args, "allow_no_int8", False), max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
-        qat_epochs=getattr(args, "qat_epochs", 0.0),
+        qat_epochs=getattr(args, "qat_epochs", 0.0), smoothquant=getattr(args, "smoothquant", None),
     )
 
 

@@ -34,7 +34,7 @@ class Quantizer:
         self.points: list[QuantPoint] = []
         self.fallback_layers: list[str] = []
         self.graph: torch.fx.GraphModule | None = None  # the observed graph, shared by every mode
-        self.weights_trained = False  # set by qat(): the graph's weights then differ from the model's
+        self.weights_changed = False  # set by qat() or smoothing: the graph's weights differ from the checkpoint
 
     # --- the workflow -------------------------------------------------------------------------------------
     def calib(self, model: torch.nn.Module) -> torch.fx.GraphModule:
@@ -95,7 +95,7 @@ class Quantizer:
         for key, o in list(obs.items()):
             if isinstance(o, Observer) and o.fake_quant:
                 obs[key] = LSQQuantizer.from_observer(o)
-        self.weights_trained = True
+        self.weights_changed = True
         return graph
 
     def end_qat(self) -> None:
@@ -150,7 +150,7 @@ class Quantizer:
         tensors = {f"{k}.{b}": t.detach().contiguous().clone() for k, o in self.observers().items() for b, t in o.state_dict().items()}
         with artifacts.atomic_path(out / "observers.safetensors") as tmp:
             save_file(tensors, str(tmp))
-        if self.weights_trained:  # QAT changed the weights: they are part of the state
+        if self.weights_changed:  # QAT or SmoothQuant changed the weights: they are part of the state
             weights = {n: p.detach().contiguous().clone() for n, p in self.graph.named_parameters()}
             with artifacts.atomic_path(out / "weights.safetensors") as tmp:
                 save_file(weights, str(tmp))
@@ -160,7 +160,7 @@ class Quantizer:
             "backend": self.backend,
             "points": [{"name": p.name, "kind": p.kind, "node": p.node} for p in self.points],
             "fallback": self.fallback_layers,
-            "weights_trained": self.weights_trained,
+            "weights_changed": self.weights_changed,
         }
         artifacts.write_json(out / "quant_state.json", meta)
 
@@ -183,7 +183,7 @@ class Quantizer:
         for key, obs in q.observers().items():
             obs.load_state_dict({b[len(key) + 1 :]: t for b, t in tensors.items() if b.startswith(key + ".")})
         q.fallback_layers = list(meta.get("fallback", []))
-        if meta.get("weights_trained"):
+        if meta.get("weights_changed"):
             try:
                 weights = load_file(str(d / "weights.safetensors"))
             except (OSError, ValueError) as e:
@@ -192,7 +192,7 @@ class Quantizer:
             with torch.no_grad():
                 for name, t in weights.items():
                     params[name].copy_(t)
-            q.weights_trained = True
+            q.weights_changed = True
         q.quantize()
         return q
 

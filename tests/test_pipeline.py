@@ -85,3 +85,25 @@ def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> No
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert {v["name"] for v in bench["variants"]} == {"pytorch-fp32", "openvino-fp32", "openvino-int8",
                                                       "onnxruntime-fp32", "onnxruntime-int8"}
+
+
+def test_smoothquant_state_reloads_onto_checkpoint(user_cfg: RunConfig, tmp_path: Path) -> None:
+    """Smoothing changes weights, not outputs; the saved state carries the smoothed weights."""
+    import torch
+
+    from ptqkit.quantizer import Quantizer
+
+    ld = load(user_cfg)
+    calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
+    batch = calib[0]
+    with torch.no_grad():
+        before = ld.model(**batch).logits
+    q, steps = calibrate(ld, replace(user_cfg, smoothquant=0.5), calib)
+    assert steps["smoothed"] == [f"bert.encoder.layer.{i}.attention.output.dense" for i in range(2)]
+    with torch.no_grad():
+        assert torch.allclose(ld.model(**batch).logits, before, rtol=1e-4, atol=1e-5)
+        expected = q.quantize()(**batch).logits
+    q.save(tmp_path / "state")
+    checkpoint = load(user_cfg).model  # unsmoothed weights, as export.py would load them
+    with torch.no_grad():
+        assert torch.equal(Quantizer.load(tmp_path / "state", checkpoint).quantize()(**batch).logits, expected)
