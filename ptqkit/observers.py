@@ -58,6 +58,10 @@ def _check_spec(spec: QuantSpec) -> None:
             raise ValueError(f"entropy calibration needs bins >= {ENTROPY_LEVELS}, got {spec.bins}")
 
 
+class NonFiniteInput(ValueError):
+    """An observed tensor held NaN or inf: the layer (named in the message) is broken, not the observer."""
+
+
 class Observer(nn.Module):
     """Statistics and qparams of one tensor; identity while calibrating, fake-quant once frozen.
 
@@ -137,7 +141,7 @@ class Observer(nn.Module):
         else:
             lo, hi = torch.aminmax(x.movedim(axis % x.dim(), 0).reshape(x.shape[axis], -1), dim=1)
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):  # min/max propagate NaN and show inf
-            raise ValueError(f"observer {self.name!r}: input contained NaN/inf")
+            raise NonFiniteInput(f"observer {self.name!r}: input contained NaN/inf")
         if bool(self.has_stats):
             if lo.shape != self.min_val.shape:
                 raise ValueError(f"observer {self.name!r}: {lo.numel()} channels, previously {self.min_val.numel()}")

@@ -21,7 +21,7 @@ from . import artifacts
 from .capture import capture
 from .config import QuantConfig
 from .errors import UserError
-from .observers import LSQQuantizer, Observer
+from .observers import LSQQuantizer, NonFiniteInput, Observer
 from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
 
 STATE_VERSION = 1
@@ -209,6 +209,10 @@ def run_calibration(calib_model: torch.fx.GraphModule, batches: Iterable[dict], 
     n = 0
     with torch.no_grad():
         for batch in tqdm(batches, total=total, desc="calibrating", unit="batch", leave=False):
-            calib_model(**batch)
+            try:
+                calib_model(**batch)
+            except NonFiniteInput as e:
+                raise UserError(f"calibration batch {n + 1}: {e}; the model produces non-finite activations there, "
+                                "check the checkpoint") from None
             n += 1
     return n

