@@ -10,6 +10,17 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # set before transformers is imported: tests must never reach the network
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster, and fair to other jobs on a small shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def save_tiny_model() -> Callable[..., Path]:
     """Save a seeded 2-layer BERT of `model_cls` plus the bundled MiniLM tokenizer into `directory`."""

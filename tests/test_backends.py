@@ -3,45 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from ptqkit.backends import get_backend
 from ptqkit.export import export_onnx, fakequant_eager
 from ptqkit.quantizer import Quantizer, run_calibration
+from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
 
-NAMES = ("input_ids", "attention_mask", "token_type_ids")
-N_LINEARS = 14
 ENGINES = ("openvino", "onnxruntime")
-
-
-def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
-    """2-layer BERT; the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
-    model = BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(classifier_gain)
-    return model
-
-
-def make_batch(n: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random ids; odd rows padded over their last quarter; second half of each row is segment 1."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 100, (n, seq), generator=g)
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[1::2, seq * 3 // 4:] = 0
-    tt = torch.zeros(n, seq, dtype=torch.long)
-    tt[:, seq // 2:] = 1
-    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": tt}
-
-
-def logits(model, batch) -> np.ndarray:
-    with torch.no_grad():
-        out = model(**batch)
-    return (out.logits if hasattr(out, "logits") else out).numpy()
 
 
 EXAMPLE = make_batch(1, 16, seed=5)  # export shape
@@ -56,28 +24,19 @@ def calibrated(model, device: str) -> Quantizer:
     return q
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and fair to other jobs on a small shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def artefacts(tmp_path_factory):
     """ONNX files and the torch reference logits for each: fp32, int8 (x86, aarch64), int8 with 2 fp32 layers."""
     out = tmp_path_factory.mktemp("onnx")
     model = tiny_bert()
-    arts = {"fp32": (export_onnx(model, NAMES, EXAMPLE, out / "fp32.onnx"), logits(model, EVAL), N_LINEARS)}
+    arts = {"fp32": (export_onnx(model, NAMES, EXAMPLE, out / "fp32.onnx"), logits(model, EVAL).numpy(), N_LINEARS)}
     for device in ("x86", "aarch64"):
         q = calibrated(model, device)
         path = export_onnx(fakequant_eager(model, q), NAMES, EXAMPLE, out / f"int8-{device}.onnx")
-        arts[device] = (path, logits(q.graph, EVAL), N_LINEARS)
+        arts[device] = (path, logits(q.graph, EVAL).numpy(), N_LINEARS)
     q.fallback(q.amp([make_batch(8, 16, 200)]), 2)  # aarch64 quantizer, now with two layers left in fp32
     path = export_onnx(fakequant_eager(model, q), NAMES, EXAMPLE, out / "int8-fallback.onnx")
-    arts["fallback"] = (path, logits(q.graph, EVAL), N_LINEARS - 2)
+    arts["fallback"] = (path, logits(q.graph, EVAL).numpy(), N_LINEARS - 2)
     assert len(set(arts["fp32"][1].argmax(1))) == 2  # informative logits: both classes predicted
     return arts
 

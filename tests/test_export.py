@@ -7,52 +7,12 @@ import torch
 
 from ptqkit.export import export_onnx, export_torchscript, fakequant_eager
 from ptqkit.quantizer import Quantizer, run_calibration
+from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
 
-NAMES = ("input_ids", "attention_mask", "token_type_ids")
-N_LINEARS = 14
-
-
-def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
-    """2-layer BERT; the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
-    model = BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(classifier_gain)
-    return model
-
-
-def make_batch(n: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random ids; odd rows padded over their last quarter; second half of each row is segment 1."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 100, (n, seq), generator=g)
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[1::2, seq * 3 // 4:] = 0
-    tt = torch.zeros(n, seq, dtype=torch.long)
-    tt[:, seq // 2:] = 1
-    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": tt}
-
-
-def logits(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(**batch)
-    return out.logits if hasattr(out, "logits") else out
 
 
 EXPORT_EXAMPLE = make_batch(1, 16, seed=5)  # ONNX is traced at batch 1, seq 16
 OTHER_SHAPE = make_batch(32, 20, seed=7)  # ...and run at another batch and length
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and fair to other jobs on a small shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,44 +13,11 @@ from ptqkit.export import fakequant_eager
 from ptqkit.observers import LSQQuantizer, Observer
 from ptqkit.passes import OBSERVERS_ATTR, find_quant_points, observer_key
 from ptqkit.quantizer import Quantizer, run_calibration
+from tiny import NAMES as BERT_INPUTS, logits, make_batch, tiny_bert
 
-BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LAYERS = 2
 PER_LAYER = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
              "intermediate.dense", "output.dense")
-
-
-def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
-    """2-layer BERT; the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
-    model = BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(classifier_gain)
-    return model
-
-
-def make_batch(n: int, seq: int, seed: int, names: tuple[str, ...] = BERT_INPUTS) -> dict[str, torch.Tensor]:
-    """Random ids; odd rows padded over their last quarter; second half of each row is segment 1."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 100, (n, seq), generator=g)
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[1::2, seq * 3 // 4:] = 0
-    batch = {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
-    if "token_type_ids" in names:
-        tt = torch.zeros(n, seq, dtype=torch.long)
-        tt[:, seq // 2:] = 1
-        batch["token_type_ids"] = tt
-    return batch
-
-
-def logits(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(**batch)
-    return out.logits if hasattr(out, "logits") else out
 
 
 def calibrated(model: torch.nn.Module, batches, device: str = "x86", **overrides) -> Quantizer:
@@ -58,15 +25,6 @@ def calibrated(model: torch.nn.Module, batches, device: str = "x86", **overrides
     run_calibration(q.calib(model), batches)
     q.quantize()
     return q
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and fair to other jobs on a small shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
