@@ -61,7 +61,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="model cache (default: $PTQKIT_CACHE or ~/.cache/ptqkit)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="evaluation/calibration batch size")
     p.add_argument("--max-seq-len", type=positive_int, default=128, help="truncate inputs to this many tokens")
-    p.add_argument("--backend", default="openvino", help="int8 engine: openvino (default) or onnxruntime")
+    p.add_argument("--backend", default="openvino", help="int8 engine: openvino (default), onnxruntime or inductor")
     return p
 
 

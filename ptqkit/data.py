@@ -334,10 +334,12 @@ def pad_batch(features: Sequence[dict[str, list[int]]], pad_id: int, length: int
     return out
 
 
-def batches(features: Sequence[dict[str, list[int]]], batch_size: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Consecutive dynamic-padded batches, in order (evaluation and calibration)."""
+def batches(features: Sequence[dict[str, list[int]]], batch_size: int, pad_id: int,
+            length: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Consecutive batches, in order (evaluation and calibration): dynamic padding, or to `length` for engines
+    that compile one graph per shape."""
     for i in range(0, len(features), batch_size):
-        yield pad_batch(features[i : i + batch_size], pad_id)
+        yield pad_batch(features[i : i + batch_size], pad_id, length)
 
 
 def calibration_batches(task: TaskData, tokenizer, n_batches: int, batch_size: int, max_seq_len: int,

@@ -11,10 +11,11 @@ from .data import batches
 from .metrics import compute_metrics, predictions_from_logits
 
 
-def predict_logits(run: Runner, features: Sequence[dict], batch_size: int, pad_id: int, desc: str) -> np.ndarray:
+def predict_logits(run: Runner, features: Sequence[dict], batch_size: int, pad_id: int, desc: str,
+                   pad_to: int | None = None) -> np.ndarray:
     out = []
     total = (len(features) + batch_size - 1) // batch_size
-    for batch in tqdm(batches(features, batch_size, pad_id), total=total, desc=desc, unit="batch", leave=False):
+    for batch in tqdm(batches(features, batch_size, pad_id, pad_to), total=total, desc=desc, unit="batch", leave=False):
         out.append(run({k: v.numpy() for k, v in batch.items()}))
     return np.concatenate(out)
 

@@ -104,10 +104,17 @@ def run(cfg: RunConfig) -> dict:
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
 
     ours_int8 = f"{backend.name}-int8"
+    if backend.name == "inductor":  # compiles torch modules, not files
+        fq_eager = fakequant_eager(ld.model, q)
+        build_fp32 = lambda t: backend.compile_module(ld.model, ld.input_names, t, "fp32")  # noqa: E731
+        build_int8 = lambda t: backend.compile_module(fq_eager, ld.input_names, t, "int8")  # noqa: E731
+    else:
+        build_fp32 = lambda t: backend.compile(paths["fp32_onnx"], t, "fp32")  # noqa: E731
+        build_int8 = lambda t: backend.compile(paths["int8_onnx"], t, "int8")  # noqa: E731
     variants = [
         Variant({"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"}, lambda t: TorchRunner(ld.model, ld.input_names, t)),
-        Variant({"name": f"{backend.name}-fp32", "engine": backend.name, "precision": "fp32"}, lambda t: backend.compile(paths["fp32_onnx"], t, "fp32")),
-        Variant({"name": ours_int8, "engine": backend.name, "precision": "int8"}, lambda t: backend.compile(paths["int8_onnx"], t, "int8")),
+        Variant({"name": f"{backend.name}-fp32", "engine": backend.name, "precision": "fp32"}, build_fp32),
+        Variant({"name": ours_int8, "engine": backend.name, "precision": "int8"}, build_int8),
     ]
     if backend.name == "openvino":
         variants.append(Variant({"name": f"{ours_int8}-bf16", "engine": backend.name, "precision": "int8-bf16",
@@ -137,7 +144,9 @@ def run(cfg: RunConfig) -> dict:
             v.record["note"] = "NO int8 kernels ran: the engine executed this model in floating point"
         if cfg.bench_only:
             continue
-        logits = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, desc=f"evaluating {v.record['name']}")
+        # Inductor compiles one graph per shape: evaluate it on batches padded to one length.
+        pad_to = cfg.max_seq_len if v.record["engine"] == "inductor" else None
+        logits = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, f"evaluating {v.record['name']}", pad_to)
         v.record["metrics"] = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
         if v.record["name"].startswith(ours_int8):
             v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
@@ -313,6 +322,8 @@ def _qparams_summary(scale, zero_point) -> dict:
 def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
     """bench.py: time PyTorch fp32 and each engine's fp32/int8 artefacts from --output-dir; write bench.json."""
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    if "inductor" in backends:
+        raise UserError("bench.py times exported files; Inductor compiles the model itself: use bert_ptq.py --backend inductor")
     engines = [get_backend(b) for b in backends]
     paths = {"fp32": out_dir / "model_fp32.onnx", "int8": out_dir / "model_int8_qdq.onnx"}
     for path in paths.values():

@@ -5,8 +5,8 @@ import importlib.util
 
 from ..errors import UserError
 
-BACKENDS = ("openvino", "onnxruntime")
-_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+BACKENDS = ("openvino", "onnxruntime", "inductor")
+_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "inductor": "torch"}
 
 
 def get_backend(name: str):
@@ -19,6 +19,10 @@ def get_backend(name: str):
         from .openvino import OpenVINOBackend
 
         return OpenVINOBackend()
+    if name == "inductor":
+        from .inductor import InductorBackend
+
+        return InductorBackend()
     from .onnxruntime import ORTBackend
 
     return ORTBackend()

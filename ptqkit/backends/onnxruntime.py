@@ -49,6 +49,8 @@ class ORTBackend:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
+        # Idle workers sleep instead of spinning: spinning pools steal cores from the other engines timed beside it.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         optimized = Path(tempfile.mkdtemp(prefix="ptqkit-ort-")) / (Path(model_path).stem + ".optimized.onnx")
         so.optimized_model_filepath = str(optimized)
         # CSE merges the identical Q/K/V activation QuantizeLinear nodes (one Q feeding three DQ), and MatMulAdd
