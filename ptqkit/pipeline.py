@@ -148,8 +148,14 @@ def run(cfg: RunConfig) -> dict:
         pad_to = cfg.max_seq_len if v.record["engine"] == "inductor" else None
         logits = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, f"evaluating {v.record['name']}", pad_to)
         v.record["metrics"] = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
+        if v.record["name"] == "pytorch-fp32":  # evaluated first: the reference for every other variant
+            fp32_logits = logits
+        else:
+            v.record["agreement_with_fp32"] = argmax_agreement(logits, fp32_logits)
         if v.record["name"].startswith(ours_int8):
             v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
+    if fq_logits is not None:
+        variants[1].record["agreement_with_fp32"] = argmax_agreement(fq_logits, fp32_logits)
 
     latency = measure_latency({v.record["name"]: v.build for v in variants if v.build is not None}, ld, cfg.bench)
     for v in variants:

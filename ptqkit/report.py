@@ -69,12 +69,12 @@ def markdown(rep: dict) -> str:
     metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})
     if metric_names:
         lines += [f"## Accuracy ({rep['eval_examples']} validation examples)", "",
-                  "| variant | " + " | ".join(metric_names) + " | agreement with fake-quant |",
-                  "|---|" + "---|" * (len(metric_names) + 1)]
+                  "| variant | " + " | ".join(metric_names) + " | agreement with fp32 | agreement with fake-quant |",
+                  "|---|" + "---|" * (len(metric_names) + 2)]
         for v in (v for v in rep["variants"] if v.get("metrics")):
             cells = [f"{v['metrics'][m]:.4f}" if m in v["metrics"] else "" for m in metric_names]
-            agree = v.get("agreement_with_fakequant")
-            lines.append(f"| {_label(v)} | " + " | ".join(cells) + f" | {'' if agree is None else f'{agree:.4f}'} |")
+            cells += [f"{v[k]:.4f}" if k in v else "" for k in ("agreement_with_fp32", "agreement_with_fakequant")]
+            lines.append(f"| {_label(v)} | " + " | ".join(cells) + " |")
         lines.append("")
     timed = [v for v in rep["variants"] if v.get("latency_ms")]
     if timed:
