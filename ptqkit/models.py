@@ -182,7 +182,7 @@ def fine_tune(task: TaskData, cfg: FineTuneConfig):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
     rng = random.Random(cfg.seed)
     model.train()
-    with tqdm(total=steps, desc="fine-tuning default model", unit="step") as bar:
+    with all_cores(), tqdm(total=steps, desc="fine-tuning default model", unit="step") as bar:
         for _ in range(cfg.epochs):
             order = list(range(len(features)))
             rng.shuffle(order)
@@ -197,3 +197,14 @@ def fine_tune(task: TaskData, cfg: FineTuneConfig):
                 bar.update(1)
                 bar.set_postfix(loss=f"{out.loss.item():.3f}")
     return model.eval(), tokenizer
+
+
+@contextmanager
+def all_cores() -> Iterator[None]:
+    """Training uses every core; OMP_NUM_THREADS=1 is there for the latency figures. Restores the setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

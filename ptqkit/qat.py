@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import TaskData, batches, encode
+from .models import all_cores
 from .observers import LSQQuantizer
 from .quantizer import Quantizer
 
@@ -38,7 +39,7 @@ def train_qat(q: Quantizer, task: TaskData, tokenizer, cfg: QATConfig) -> int:
     rng = random.Random(cfg.seed)
     steps = max(1, int(cfg.epochs * len(order) / cfg.batch_size))
     done = 0
-    with tqdm(total=steps, desc="QAT", unit="step") as bar:
+    with all_cores(), tqdm(total=steps, desc="QAT", unit="step") as bar:
         while done < steps:
             rng.shuffle(order)
             for i in range(0, len(order), cfg.batch_size):
