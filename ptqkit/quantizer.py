@@ -4,7 +4,7 @@
     calib_model = q.calib(model)          # observes; outputs identical to fp32
     for batch in calibration_batches: calib_model(**batch)
     q.fallback(q.amp(batches), n=2)       # optional: leave the 2 most sensitive layers in fp32
-    qmodel = q.quantize(model)            # fake-quant graph
+    qmodel = q.quantize()                 # fake-quant graph
     q.save("state")                       # safetensors + JSON, reloadable with Quantizer.load
 """
 from __future__ import annotations
@@ -48,9 +48,9 @@ class Quantizer:
         self._set_mode(observing=True, fake_quant=False)
         return self.graph
 
-    def quantize(self, model: torch.nn.Module | None = None) -> torch.fx.GraphModule:
+    def quantize(self) -> torch.fx.GraphModule:
         """The fake-quant graph: frozen qparams on every point except the fallback layers."""
-        graph = self._require_graph(model)
+        graph = self._require_graph()
         self._check_observed()
         for key, obs in self.observers().items():
             if isinstance(obs, Observer) and not obs.fake_quant:
@@ -61,7 +61,7 @@ class Quantizer:
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:
         """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
         self.quantize()
-        graph = self._require_graph(None)
+        graph = self._require_graph()
         batches = list(batches)
         obs = self.observers()
         saved = {k: o.fake_quant for k, o in obs.items()}
@@ -88,9 +88,9 @@ class Quantizer:
         self._apply_fallback()
         return self.fallback_layers
 
-    def qat(self, model: torch.nn.Module | None = None) -> torch.fx.GraphModule:
+    def qat(self) -> torch.fx.GraphModule:
         """Swap frozen observers for LSQ quantizers (learnable scales); the graph's weights stay trainable."""
-        graph = self.quantize(model)
+        graph = self.quantize()
         obs = self.observers()
         for key, o in list(obs.items()):
             if isinstance(o, Observer) and o.fake_quant:
@@ -107,7 +107,7 @@ class Quantizer:
 
     # --- helpers -----------------------------------------------------------------------------------------
     def observers(self) -> torch.nn.ModuleDict:
-        return getattr(self._require_graph(None), OBSERVERS_ATTR)
+        return getattr(self._require_graph(), OBSERVERS_ATTR)
 
     def qparams(self, point: str, role: str) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.observers()[observer_key(point, role)]
@@ -136,7 +136,7 @@ class Quantizer:
         if missing:
             raise UserError(f"{len(missing)} observer(s) were never fed (layer not reached by calibration), e.g. {missing[0]}")
 
-    def _require_graph(self, model: torch.nn.Module | None) -> torch.fx.GraphModule:
+    def _require_graph(self) -> torch.fx.GraphModule:
         if self.graph is None:
             raise UserError("no calibration state: run calib() and calibration batches, or load a saved state")
         return self.graph
