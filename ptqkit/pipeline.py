@@ -131,10 +131,11 @@ def run(cfg: RunConfig) -> dict:
         variants.insert(1, Variant({"name": "pytorch-fakequant", "engine": "pytorch", "precision": "int8-fakequant",
                                     "note": "reference fake-quant graph (fp32 math); not timed",
                                     "metrics": evaluate(fq_logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)}, None))
+    built: dict = {}  # evaluated runners, reused for timing at the first thread count
     for v in variants:
         if v.build is None:
             continue
-        runner = v.build(threads)
+        runner = built[v.record["name"]] = v.build(threads)
         evidence = runner.kernels()
         v.record.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
         if v.record["precision"].startswith("int8") and evidence.int8 == 0:
@@ -157,7 +158,7 @@ def run(cfg: RunConfig) -> dict:
     if fq_logits is not None:
         variants[1].record["agreement_with_fp32"] = argmax_agreement(fq_logits, fp32_logits)
 
-    latency = measure_latency({v.record["name"]: v.build for v in variants if v.build is not None}, ld, cfg.bench)
+    latency = measure_latency({v.record["name"]: v.build for v in variants if v.build is not None}, ld, cfg.bench, built)
     for v in variants:
         if v.record["name"] in latency:
             v.record["latency_ms"] = latency[v.record["name"]]
@@ -254,12 +255,15 @@ def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return round(float((a.argmax(-1) == b.argmax(-1)).mean()), 4)
 
 
-def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig) -> dict[str, list[dict]]:
-    """Per shape and thread count, build every variant's runner and time them interleaved."""
+def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict | None = None) -> dict[str, list[dict]]:
+    """Per shape and thread count, build every variant's runner and time them interleaved.
+
+    `built`: runners already compiled for the first thread count (by evaluation), reused instead of recompiled."""
     vocab = ld.model.config.vocab_size
     out: dict[str, list[dict]] = {name: [] for name in builders}
     for threads in bench.threads:
-        runners = {name: build(threads) for name, build in builders.items()}
+        reuse = built if built is not None and threads == bench.threads[0] else {}
+        runners = {name: reuse.get(name) or build(threads) for name, build in builders.items()}
         for shape in bench.shapes:
             inputs = synthetic_inputs(shape, vocab, ld.input_names)
             for name, samples in time_interleaved(runners, inputs, bench).items():
