@@ -8,6 +8,7 @@ from typing import Callable
 
 from .config import CALIB_METHODS, DEVICES
 from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError
+from .sysinfo import ARM_INT8_ISAS, X86_INT8_ISAS
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -61,12 +62,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="model cache (default: $PTQKIT_CACHE or ~/.cache/ptqkit)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="evaluation/calibration batch size")
     p.add_argument("--max-seq-len", type=positive_int, default=128, help="truncate inputs to this many tokens")
-    p.add_argument("--backend", default="openvino", help="int8 engine: openvino (default), onnxruntime or inductor")
+    p.add_argument("--backend", default="auto", help="int8 engine: auto (default: the fastest faithful one among openvino and "
+                   "onnxruntime, measured on this CPU), openvino, onnxruntime or inductor")
     return p
 
 
 def add_calib_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-batches", type=positive_int, default=32, help="calibration batches from the train split")
+    p.add_argument("--isa", choices=("auto", *X86_INT8_ISAS, *ARM_INT8_ISAS), default="auto",
+                   help="int8 instruction set of the target CPU (default: this host's); x86 without VNNI (sse, avx2, "
+                   "avx512) gets 7-bit weights so that the engines' 16-bit pair sums cannot saturate")
     p.add_argument("--calib-method", choices=CALIB_METHODS, help="how activation ranges are chosen (default: measured best "
                    "per device: entropy on x86, percentile on aarch64)")
     p.add_argument("--max-accuracy-drop", type=float, help="auto-fallback: leave the most sensitive layers in fp32 until the "

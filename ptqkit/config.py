@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .sysinfo import ARM_INT8_ISAS, SATURATING_ISAS, X86_INT8_ISAS, host_int8_isa
+
 DEVICES = ("x86", "aarch64")
+ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
 CALIB_METHODS = ("minmax", "percentile", "mse", "entropy")
 
 # Activation calibration chosen per device by measurement on the default model and task (OpenVINO int8, f32 hint,
@@ -23,7 +26,8 @@ class QuantSpec:
     `method` picks how the observer turns statistics into a range (see observers.py).
     """
 
-    dtype: str = "int8"  # "int8" (qmin=-128, qmax=127) or "uint8" (0..255)
+    dtype: str = "int8"  # storage type: "int8" (-128..127) or "uint8" (0..255)
+    bits: int = 8  # levels used inside the storage type: 7 keeps int8 weights in -64..63 (see for_device)
     symmetric: bool = True
     ch_axis: int | None = None
     method: str = "minmax"
@@ -32,11 +36,16 @@ class QuantSpec:
 
     @property
     def qmin(self) -> int:
-        return -128 if self.dtype == "int8" else 0
+        return -(1 << (self.bits - 1)) if self.dtype == "int8" else 0
 
     @property
     def qmax(self) -> int:
-        return 127 if self.dtype == "int8" else 255
+        return (1 << (self.bits - 1)) - 1 if self.dtype == "int8" else (1 << self.bits) - 1
+
+    @property
+    def storage_range(self) -> tuple[int, int]:
+        """The full range of the storage type: what QuantizeLinear/DequantizeLinear in ONNX are declared with."""
+        return (-128, 127) if self.dtype == "int8" else (0, 255)
 
 
 @dataclass(frozen=True)
@@ -48,15 +57,29 @@ class QuantConfig:
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(ch_axis=0))
     exclude: tuple[str, ...] = ()  # fnmatch patterns on quantization-point names, e.g. "*.pooler.*"
     attention_matmuls: bool = False  # also quantize Q*K^T and P*V
+    isa: str | None = None  # the int8 instruction set the contract was made for (sysinfo.classify_int8_isa)
 
     @staticmethod
-    def for_device(device: str, **overrides: Any) -> "QuantConfig":
-        """x86: per-channel weights (oneDNN); aarch64: per-tensor weights (ACL overflowed per-channel)."""
+    def for_device(device: str, isa: str | None = None, **overrides: Any) -> "QuantConfig":
+        """The contract for a target CPU.
+
+        x86: per-channel weights (oneDNN). On x86 ISAs without VNNI (avx2, avx512) the engines multiply u8 x s8
+        with VPMADDUBSW, whose pairwise sums saturate at 16 bits: 255 * 127 * 2 does not fit, 255 * 64 * 2 does.
+        So there the weights use 7 bits (-64..63, stored as int8) and the integer results stay exact.
+        aarch64: per-tensor weights (ACL overflowed per-channel); ARM dot products accumulate in 32 bits.
+        `isa` defaults to this host's when the host is the target's architecture.
+        """
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-        weight = QuantSpec(ch_axis=0) if device == "x86" else QuantSpec(ch_axis=None)
+        isa = isa or _default_isa(device)
+        if isa not in ISAS[device]:
+            raise ValueError(f"int8 ISA {isa!r} is not a {device} one; choose one of {', '.join(ISAS[device])}")
+        if device == "x86":
+            weight = QuantSpec(ch_axis=0, bits=7 if isa in SATURATING_ISAS else 8)
+        else:
+            weight = QuantSpec(ch_axis=None)
         activation = QuantSpec(method=DEFAULT_CALIB_METHOD[device])
-        return replace(QuantConfig(device=device, activation=activation, weight=weight), **overrides)
+        return replace(QuantConfig(device=device, activation=activation, weight=weight, isa=isa), **overrides)
 
     def with_calib_method(self, method: str, percentile: float | None = None) -> "QuantConfig":
         if method not in CALIB_METHODS:
@@ -79,4 +102,12 @@ class QuantConfig:
             weight=QuantSpec(**d["weight"]),
             exclude=tuple(d.get("exclude", ())),
             attention_matmuls=bool(d.get("attention_matmuls", False)),
+            isa=d.get("isa"),
         )
+
+
+def _default_isa(device: str) -> str:
+    """This host's int8 ISA when it is of the target's architecture; otherwise the target's safe baseline."""
+    host = host_int8_isa()
+    return host if host in ISAS[device] else ISAS[device][1]
+

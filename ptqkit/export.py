@@ -33,16 +33,22 @@ class FakeQuantLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear, act: Observer, weight: Observer):
         super().__init__()
         self.weight = linear.weight
+        if (weight.spec.qmin, weight.spec.qmax) != weight.spec.storage_range:
+            # A narrower grid (7-bit weights) is not expressible as a QuantizeLinear range: snap the weight onto
+            # it once here, so that the QDQ over the full int8 range below keeps exactly those integers.
+            with torch.no_grad():
+                self.weight = torch.nn.Parameter(weight(linear.weight.detach()), requires_grad=False)
         self.bias = linear.bias
         self.act = act
         self.weight_fq = weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, o = self.weight.t(), self.weight_fq
+        qmin, qmax = o.spec.storage_range
         if o.spec.ch_axis is None:
-            wq = torch.fake_quantize_per_tensor_affine(w, o.scale, o.zero_point, o.spec.qmin, o.spec.qmax)
+            wq = torch.fake_quantize_per_tensor_affine(w, o.scale, o.zero_point, qmin, qmax)
         else:
-            wq = torch.fake_quantize_per_channel_affine(w, o.scale, o.zero_point, 1, o.spec.qmin, o.spec.qmax)
+            wq = torch.fake_quantize_per_channel_affine(w, o.scale, o.zero_point, 1, qmin, qmax)
         y = torch.matmul(self.act(x), wq)
         return y if self.bias is None else y + self.bias
 

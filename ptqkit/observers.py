@@ -42,6 +42,8 @@ def _check_spec(spec: QuantSpec) -> None:
     """Reject combinations the observer cannot honour, at construction rather than at freeze time."""
     if spec.dtype not in ("int8", "uint8"):
         raise ValueError(f"unknown quantization dtype {spec.dtype!r}; choose int8 or uint8")
+    if spec.bits not in (7, 8):
+        raise ValueError(f"unsupported bit width {spec.bits}; choose 8, or 7 (weights on x86 without VNNI)")
     if spec.method not in CALIB_METHODS:
         raise ValueError(f"unknown calibration method {spec.method!r}; choose one of {', '.join(CALIB_METHODS)}")
     if spec.method in HIST_METHODS:

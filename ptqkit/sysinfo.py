@@ -1,7 +1,13 @@
-"""What the numbers were measured on: CPU model, the ISA flags that decide int8 speed, library versions."""
+"""What the numbers were measured on: CPU model, the ISA flags that decide int8 speed, library versions.
+
+`int8_isa` names the instruction set the int8 kernels use, which decides the quantization contract: x86 CPUs
+without VNNI multiply u8 x s8 with VPMADDUBSW, whose pairwise sums saturate at 16 bits (see config.py).
+"""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import os
 import platform
 
 # Flags that decide which int8/bf16 kernels an engine can use.
@@ -11,8 +17,20 @@ INTERESTING_FLAGS = (
 )
 PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "torchao", "numpy")
 
+# x86 int8 ISA levels, lowest first. Levels without VNNI accumulate u8 x s8 pairs in saturating 16-bit sums.
+X86_INT8_ISAS = ("sse", "avx2", "avx512", "avx_vnni", "avx512_vnni", "amx")
+SATURATING_ISAS = frozenset({"sse", "avx2", "avx512"})
+ARM_INT8_ISAS = ("arm_neon", "arm_dotprod", "arm_i8mm")
+# oneDNN's ONEDNN_MAX_CPU_ISA values (also honoured by OpenVINO's CPU plugin and Inductor) -> our level.
+ONEDNN_ISA_CAPS = {
+    "SSE41": "sse", "AVX": "sse", "AVX2": "avx2", "AVX2_VNNI": "avx_vnni", "AVX2_VNNI_2": "avx_vnni",
+    "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512_vnni", "AVX512_CORE_BF16": "avx512_vnni",
+    "AVX512_CORE_FP16": "avx512_vnni", "AVX10_1_512": "avx512_vnni", "AVX512_CORE_AMX": "amx",
+    "AVX512_CORE_AMX_FP16": "amx", "AVX10_1_512_AMX": "amx", "AVX10_1_512_AMX_FP16": "amx", "DEFAULT": None, "ALL": None,
+}
 
-def cpu_info() -> dict:
+
+def _cpuinfo() -> tuple[str, set[str]]:
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -25,7 +43,64 @@ def cpu_info() -> dict:
                     flags.update(value.split())
     except OSError:
         pass
-    return {"model": model, "arch": platform.machine(), "flags": [f for f in INTERESTING_FLAGS if f in flags]}
+    return model, flags
+
+
+def cpu_info() -> dict:
+    model, flags = _cpuinfo()
+    return {"model": model, "arch": platform.machine(), "flags": [f for f in INTERESTING_FLAGS if f in flags],
+            **int8_isa_info(flags)}
+
+
+def classify_int8_isa(arch: str, flags: set[str], onednn_cap: str | None = None) -> str:
+    """The int8 level from CPU flags, capped by ONEDNN_MAX_CPU_ISA (engines built on oneDNN honour it)."""
+    if arch in ("aarch64", "arm64"):
+        return "arm_i8mm" if "i8mm" in flags else "arm_dotprod" if "asimddp" in flags else "arm_neon"
+    if "amx_int8" in flags:
+        level = "amx"
+    elif "avx512_vnni" in flags:
+        level = "avx512_vnni"
+    elif "avx_vnni" in flags:
+        level = "avx_vnni"
+    elif "avx512bw" in flags:
+        level = "avx512"
+    else:
+        level = "avx2" if "avx2" in flags else "sse"
+    cap = ONEDNN_ISA_CAPS.get((onednn_cap or "").upper())
+    if cap and X86_INT8_ISAS.index(cap) < X86_INT8_ISAS.index(level):
+        level = cap
+    return level
+
+
+def int8_isa_info(flags: set[str] | None = None) -> dict:
+    """`int8_isa` plus what each library says about the CPU, so a reader can check the classification."""
+    if flags is None:
+        flags = _cpuinfo()[1]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    sources: dict = {"cpu_flags": classify_int8_isa(platform.machine(), flags)}
+    if cap:
+        sources["onednn_max_cpu_isa"] = cap
+    try:
+        import torch
+
+        sources["torch_capability"] = torch.backends.cpu.get_cpu_capability()
+        sources["torch_vnni"] = bool(torch.cpu._is_vnni_supported())
+        sources["torch_amx"] = bool(torch.cpu._is_amx_tile_supported())
+    except (ImportError, AttributeError):
+        pass
+    try:
+        import openvino as ov
+
+        sources["openvino_capabilities"] = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # noqa: BLE001 - optional evidence; OpenVINO may be absent or fail to start
+        pass
+    return {"int8_isa": classify_int8_isa(platform.machine(), flags, cap), "int8_isa_sources": sources}
+
+
+@functools.lru_cache(maxsize=1)
+def host_int8_isa() -> str:
+    """The int8 level of this host, read once: every quantizer in the process follows the same contract."""
+    return classify_int8_isa(platform.machine(), _cpuinfo()[1], os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
 def versions() -> dict:

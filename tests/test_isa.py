@@ -1,0 +1,138 @@
+"""The int8 contract follows the CPU's int8 instructions; engines stay exact on ISAs whose pair sums saturate."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from ptqkit.config import QuantConfig
+from ptqkit.export import export_onnx, fakequant_eager
+from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.sysinfo import classify_int8_isa, cpu_info
+from tiny import NAMES, logits, make_batch, tiny_bert
+
+REPO = Path(__file__).resolve().parent.parent
+X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+@pytest.mark.parametrize("flags, cap, expected", [
+    ({"avx2"}, None, "avx2"),
+    ({"avx2", "avx512f", "avx512bw"}, None, "avx512"),
+    ({"avx2", "avx_vnni"}, None, "avx_vnni"),
+    ({"avx2", "avx512bw", "avx512_vnni"}, None, "avx512_vnni"),
+    ({"avx2", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8"}, None, "amx"),
+    ({"avx2", "avx512bw", "avx512_vnni", "amx_int8"}, "AVX2", "avx2"),  # oneDNN capped: engines use AVX2 kernels
+    ({"avx2", "avx512bw", "avx512_vnni"}, "avx512_core", "avx512"),
+    ({"avx2"}, "AVX512_CORE_AMX", "avx2"),  # a cap never raises the level
+    ({"sse4_2"}, None, "sse"),
+])
+def test_x86_int8_isa_from_flags_and_onednn_cap(flags, cap, expected):
+    assert classify_int8_isa("x86_64", flags, cap) == expected
+
+
+@pytest.mark.parametrize("flags, expected", [({"asimd"}, "arm_neon"), ({"asimd", "asimddp"}, "arm_dotprod"),
+                                             ({"asimd", "asimddp", "i8mm"}, "arm_i8mm")])
+def test_arm_int8_isa(flags, expected):
+    assert classify_int8_isa("aarch64", flags) == expected
+
+
+def test_report_cpu_names_the_int8_isa_and_its_sources():
+    info = cpu_info()
+    assert info["int8_isa"] == info["int8_isa_sources"]["cpu_flags"] or "onednn_max_cpu_isa" in info["int8_isa_sources"]
+    if X86:
+        assert info["int8_isa_sources"]["torch_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX")
+
+
+@pytest.mark.parametrize("isa, bits", [("sse", 7), ("avx2", 7), ("avx512", 7), ("avx_vnni", 8), ("avx512_vnni", 8), ("amx", 8)])
+def test_x86_contract_narrows_weights_where_pair_sums_saturate(isa, bits):
+    cfg = QuantConfig.for_device("x86", isa=isa)
+    assert cfg.weight.bits == bits and cfg.weight.ch_axis == 0 and cfg.isa == isa
+    assert (cfg.weight.qmin, cfg.weight.qmax) == ((-64, 63) if bits == 7 else (-128, 127))
+    assert cfg.weight.storage_range == (-128, 127)
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_contract_rejects_an_isa_of_the_other_architecture():
+    with pytest.raises(ValueError, match="not a aarch64 one"):
+        QuantConfig.for_device("aarch64", isa="avx2")
+    assert QuantConfig.for_device("aarch64", isa="arm_i8mm").weight.ch_axis is None
+
+
+@pytest.fixture(scope="module")
+def seven_bit(tmp_path_factory):
+    """The avx2 contract on the tiny model: quantizer, eager fake-quant model, exported QDQ ONNX."""
+    model = tiny_bert()
+    q = Quantizer(config=QuantConfig.for_device("x86", isa="avx2"))
+    run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
+    q.quantize()
+    eager = fakequant_eager(model, q)
+    path = export_onnx(eager, NAMES, make_batch(1, 16, 5), tmp_path_factory.mktemp("avx2") / "int8.onnx")
+    return q, eager, path
+
+
+def test_seven_bit_weights_fit_the_non_saturating_range(seven_bit):
+    q, eager, path = seven_bit
+    batch = make_batch(4, 20, seed=9)
+    assert torch.equal(logits(eager, batch), logits(q.graph, batch))
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weight_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+    assert len(weight_q) == 14
+    for node in weight_q:
+        w, scale = inits[node.input[0]], inits[node.input[1]]
+        ints = (w / scale).round()  # per-channel along axis 1 (weights are transposed before fake-quant)
+        assert abs(ints).max() <= 64, node.name
+        assert abs(ints).max() >= 63  # the narrowed range is used in full, not shrunk further
+
+
+SIMULATED = """
+import json, sys
+sys.path[:0] = [{tests!r}, {repo!r}]
+import numpy as np
+from ptqkit.backends import get_backend
+from ptqkit.config import QuantConfig
+from ptqkit.export import export_onnx, fakequant_eager
+from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.sysinfo import host_int8_isa
+from tiny import NAMES, logits, make_batch, tiny_bert
+model, batch = tiny_bert(), make_batch(32, 20, seed=7)
+out = {{"host_isa": host_int8_isa()}}
+for isa in ("host", "avx512_vnni"):
+    q = Quantizer(config=QuantConfig.for_device("x86", isa=None if isa == "host" else isa))
+    run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
+    q.quantize()
+    ref = logits(q.graph, batch).numpy()
+    path = export_onnx(fakequant_eager(model, q), NAMES, make_batch(1, 16, 5), {tmp!r} + f"/{{isa}}.onnx")
+    runner = get_backend("openvino").compile(path, 1, "int8")
+    ops = runner.compiled.get_runtime_model().get_ordered_ops()
+    prims = sorted({{op.get_rt_info()["primitiveType"].astype(str) for op in ops
+                    if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"}})
+    err = float(np.abs(runner({{k: v.numpy() for k, v in batch.items()}}) - ref).max())
+    out[isa] = {{"bits": q.config.weight.bits, "kernels": prims, "max_error": err, "ref_max": float(np.abs(ref).max())}}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not X86, reason="ONEDNN_MAX_CPU_ISA simulates x86 ISA levels")
+def test_simulated_avx2_openvino_matches_fake_quant(tmp_path):
+    """OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 runs the saturating AVX2 kernels: the host contract (7-bit weights)
+    stays exact there, while the full-range contract of VNNI CPUs does not (the failure this contract prevents)."""
+    code = SIMULATED.format(tests=str(REPO / "tests"), repo=str(REPO), tmp=str(tmp_path))
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["host_isa"] == "avx2"
+    host, vnni = out["host"], out["avx512_vnni"]
+    assert host["bits"] == 7 and vnni["bits"] == 8
+    assert not any("avx512" in k or "amx" in k for k in host["kernels"]), host["kernels"]  # the simulation is in effect
+    assert host["max_error"] <= 1e-4 * host["ref_max"], host
+    assert vnni["max_error"] > 100 * host["max_error"], vnni  # saturation shows without the narrowed weights
