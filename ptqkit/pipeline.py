@@ -23,6 +23,9 @@ from .peers import Peer
 from .qat import QATConfig, train_qat
 from .smoothquant import collect_input_absmax, smooth
 from .quantizer import Quantizer, run_calibration
+from .selection import HOLDOUT_SIZE, MIN_HOLDOUT, Selection, installed_engines, select_engine
+
+INT8_VARIANT_NOTES = {"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"}
 
 
 @dataclass
@@ -40,7 +43,8 @@ class RunConfig:
     eval_limit: int | None = None
     batch_size: int = 32
     max_seq_len: int = 128
-    backend: str = "openvino"
+    backend: str = "auto"  # or an engine name from backends.BACKENDS
+    isa: str | None = None  # target int8 ISA (sysinfo); None: this host's
     calib_batches: int = 32
     calib_method: str | None = None  # None: the device's measured default (config.DEFAULT_CALIB_METHOD)
     skip_peers: bool = False
@@ -94,7 +98,9 @@ class Variant:
 
 def run(cfg: RunConfig) -> dict:
     """fp32 baseline, PTQ, export, compile on the engine, peers, evaluate and time every variant, report."""
-    backend = get_backend(cfg.backend)
+    auto = cfg.backend == "auto"
+    check_backend_name(cfg.backend)
+    backend = None if auto else get_backend(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     threads = cfg.bench.threads[0]
@@ -103,26 +109,35 @@ def run(cfg: RunConfig) -> dict:
     q.save(out_dir / "quant_state")
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
 
-    ours_int8 = f"{backend.name}-int8"
+    built: dict = {}  # runners already compiled for the first thread count, reused for evaluation and timing
+    selection = None
+    if auto:
+        selection = choose_engine(q, ld, cfg, calib, paths, threads)
+        backend, ours = selection.engine, (selection.precision,)
+        built.update(selection.runners)
+    else:
+        ours = backend.int8_variants
     if backend.name == "inductor":  # compiles torch modules, not files
         fq_eager = fakequant_eager(ld.model, q)
         build_fp32 = lambda t: backend.compile_module(ld.model, ld.input_names, t, "fp32")  # noqa: E731
-        build_int8 = lambda t: backend.compile_module(fq_eager, ld.input_names, t, "int8")  # noqa: E731
+        build_int8 = lambda t, p: backend.compile_module(fq_eager, ld.input_names, t, p)  # noqa: E731
     else:
         build_fp32 = lambda t: backend.compile(paths["fp32_onnx"], t, "fp32")  # noqa: E731
-        build_int8 = lambda t: backend.compile(paths["int8_onnx"], t, "int8")  # noqa: E731
+        build_int8 = lambda t, p: backend.compile(paths["int8_onnx"], t, p)  # noqa: E731
     variants = [
         Variant({"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"}, lambda t: TorchRunner(ld.model, ld.input_names, t)),
         Variant({"name": f"{backend.name}-fp32", "engine": backend.name, "precision": "fp32"}, build_fp32),
-        Variant({"name": ours_int8, "engine": backend.name, "precision": "int8"}, build_int8),
     ]
-    if backend.name == "openvino":
-        variants.append(Variant({"name": f"{ours_int8}-bf16", "engine": backend.name, "precision": "int8-bf16",
-                                 "note": "our int8 model, ops outside int8 in bf16 (engine default hint)"},
-                                lambda t: backend.compile(paths["int8_onnx"], t, "int8-bf16")))
+    for precision in ours:
+        record = {"name": f"{backend.name}-{precision}", "engine": backend.name, "precision": precision}
+        if precision in INT8_VARIANT_NOTES:
+            record["note"] = INT8_VARIANT_NOTES[precision]
+        variants.append(Variant(record, lambda t, p=precision: build_int8(t, p)))
+    ours_int8 = f"{backend.name}-int8"
     if not cfg.skip_peers:
         variants += [Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build)
                      for p in build_peers(ld, paths["fp32_onnx"], calib, out_dir)]
+    built = {v.record["name"]: built[v.record["name"]] for v in variants if v.record["name"] in built}
 
     fq_logits = None
     if not cfg.bench_only:
@@ -131,11 +146,11 @@ def run(cfg: RunConfig) -> dict:
         variants.insert(1, Variant({"name": "pytorch-fakequant", "engine": "pytorch", "precision": "int8-fakequant",
                                     "note": "reference fake-quant graph (fp32 math); not timed",
                                     "metrics": evaluate(fq_logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)}, None))
-    built: dict = {}  # evaluated runners, reused for timing at the first thread count
     for v in variants:
         if v.build is None:
             continue
-        runner = built[v.record["name"]] = v.build(threads)
+        runner = built.get(v.record["name"]) or v.build(threads)
+        built[v.record["name"]] = runner
         evidence = runner.kernels()
         v.record.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
         if v.record["precision"].startswith("int8") and evidence.int8 == 0:
@@ -167,6 +182,8 @@ def run(cfg: RunConfig) -> dict:
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
                            "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
+    if selection is not None:
+        rep["backend_selection"] = selection.record
     rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
     if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
         rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
@@ -175,6 +192,23 @@ def run(cfg: RunConfig) -> dict:
     for path in written:
         print(f"wrote {path}")
     return rep
+
+
+def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], paths: dict[str, Path],
+                  threads: int) -> Selection:
+    """--backend auto on held-out train sentences (the calibration sentences when too few are left)."""
+    n_calib = sum(int(b["input_ids"].shape[0]) for b in calib)
+    n = min(HOLDOUT_SIZE, max(0, len(ld.task.train) - n_calib))
+    examples, kind = train_holdout(ld.task, n), "held-out train sentences"
+    if n < MIN_HOLDOUT:
+        examples, kind = train_holdout(ld.task, len(ld.task.train))[:HOLDOUT_SIZE], "calibration sentences (too few train sentences to hold out)"
+    features = encode(ld.tokenizer, examples, cfg.max_seq_len)
+    fq_logits = predict_logits(TorchRunner(q.quantize(), ld.input_names, threads), features, cfg.batch_size, ld.pad_id,
+                               desc="checking pytorch-fakequant")
+    sel = select_engine(paths, fq_logits, features, kind, cfg.batch_size, ld.pad_id, ld.input_names,
+                        ld.model.config.vocab_size, cfg.bench.shapes[0], threads)
+    print(f"--backend auto: {sel.record['chosen']} ({sel.record['reason']})")
+    return sel
 
 
 def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], holdout_size: int = 1000) -> float:
@@ -220,7 +254,10 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     """PTQ on train batches (never validation), then the optional auto-fallback and QAT steps.
 
     Returns the quantizer and what the optional steps did (for the report)."""
-    config = QuantConfig.for_device(cfg.device)
+    try:
+        config = QuantConfig.for_device(cfg.device, isa=cfg.isa)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if cfg.calib_method:
         config = config.with_calib_method(cfg.calib_method)
     steps: dict = {}
@@ -286,7 +323,7 @@ def config_from_args(args) -> RunConfig:
         text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
         label_column=args.label_column, output_dir=args.output_dir, cache_dir=args.cache_dir,
         eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
-        backend=args.backend, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", None),
+        backend=args.backend, isa=None if getattr(args, "isa", "auto") == "auto" else args.isa, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", None),
         skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
         allow_no_int8=getattr(args, "allow_no_int8", False), max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
         qat_epochs=getattr(args, "qat_epochs", 0.0), smoothquant=getattr(args, "smoothquant", None),
@@ -295,7 +332,7 @@ def config_from_args(args) -> RunConfig:
 
 def calib_step(cfg: RunConfig) -> Path:
     """calib.py: calibrate and save the quantization state plus a JSON summary of the qparams."""
-    get_backend(cfg.backend)
+    check_backend_name(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     q, _ = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len))
@@ -313,7 +350,7 @@ def calib_step(cfg: RunConfig) -> Path:
 
 def export_step(cfg: RunConfig) -> dict[str, Path]:
     """export.py: rebuild the fake-quant model from the saved state and write the artefacts."""
-    get_backend(cfg.backend)
+    check_backend_name(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     q = Quantizer.load(out_dir / "quant_state", ld.model)
@@ -321,6 +358,15 @@ def export_step(cfg: RunConfig) -> dict[str, Path]:
     for name, path in paths.items():
         print(f"{name}: {path}")
     return paths
+
+
+def check_backend_name(name: str) -> None:
+    """Fail early on a bad --backend, before the model is loaded."""
+    if name == "auto":
+        if not installed_engines():
+            raise UserError("--backend auto needs openvino or onnxruntime: pip install -r requirements.txt")
+    else:
+        get_backend(name)
 
 
 def _qparams_summary(scale, zero_point) -> dict:
@@ -334,7 +380,7 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     if "inductor" in backends:
         raise UserError("bench.py times exported files; Inductor compiles the model itself: use bert_ptq.py --backend inductor")
-    engines = [get_backend(b) for b in backends]
+    engines = [get_backend(b) for b in (installed_engines() if backends == ["auto"] else backends)]
     paths = {"fp32": out_dir / "model_fp32.onnx", "int8": out_dir / "model_int8_qdq.onnx"}
     for path in paths.values():
         if not path.is_file():

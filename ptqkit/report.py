@@ -25,7 +25,18 @@ def build(device: str, model: str, task: str, eval_examples: int, variants: list
 
 def summary(rep: dict) -> str:
     """The reference example's closing summary: an evaluation block per model type, then avg ms per model type."""
-    lines = [f"model {rep['model']} on task {rep['task']} ({rep['eval_examples']} validation examples), device {rep['device']}"]
+    lines = [f"model {rep['model']} on task {rep['task']} ({rep['eval_examples']} validation examples), device {rep['device']}",
+             f"CPU: {rep['cpu']['model']}, int8 ISA {rep['cpu'].get('int8_isa', '?')}"]
+    if rep.get("quantization", {}).get("config"):
+        c = rep["quantization"]["config"]
+        lines.append(f"contract: activations {c['activation']['dtype']}, weights {c['weight']['bits']}-bit "
+                     f"{'per-channel' if c['weight']['ch_axis'] is not None else 'per-tensor'} (for int8 ISA {c.get('isa')})")
+    sel = rep.get("backend_selection")
+    if sel:
+        lines.append(f"--backend auto chose {sel['chosen']}: {sel['reason']}")
+        lines += [f"  candidate {r['name']}: {r['median_ms']:.2f} ms (engine fp32 {r['engine_fp32_ms']:.2f} ms), agreement with "
+                  f"fake-quant {r['agreement_with_fakequant']:.4f}, {'eligible' if r['eligible'] else 'not eligible'}"
+                  for r in sel["candidates"]]
     for v in rep["variants"]:
         lines.append(f"***** eval results: {v['name']} *****")
         lines += [f"  {k} = {val:.4f}" for k, val in v.get("metrics", {}).items()]
@@ -62,10 +73,18 @@ def markdown(rep: dict) -> str:
     """Tables a person reads: accuracy, latency per shape/threads, speedup vs PyTorch eager fp32, kernels."""
     cpu = rep["cpu"]
     lines = [f"# int8 report: {rep['model']} on {rep['task']} ({rep['device']})", "",
-             f"CPU: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}). "
+             f"CPU: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}; int8 ISA {cpu.get('int8_isa', '?')}). "
              f"Versions: {', '.join(f'{k} {v}' for k, v in rep['versions'].items())}.", ""]
     if rep.get("note"):
         lines += [f"**Note:** {rep['note']}", ""]
+    sel = rep.get("backend_selection")
+    if sel:
+        lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", "",
+                  f"| candidate | ms ({sel['shape']}, {sel['threads']}t, {sel['rounds']} rounds) | engine fp32 ms | "
+                  "agreement with fake-quant | int8 kernels | eligible |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r['median_ms']:.2f} | {r['engine_fp32_ms']:.2f} | {r['agreement_with_fakequant']:.4f} | "
+                  f"{r['int8_kernels']} | {'yes' if r['eligible'] else 'no'} |" for r in sel["candidates"]]
+        lines.append("")
     metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})
     if metric_names:
         lines += [f"## Accuracy ({rep['eval_examples']} validation examples)", "",

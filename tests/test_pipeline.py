@@ -50,11 +50,24 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     assert json.loads((out / "report.json").read_text()) == rep
     by_name = {v["name"]: v for v in rep["variants"]}
     assert rep["task"] == "custom" and rep["eval_examples"] == 40
-    assert by_name["openvino-int8"]["int8_kernels"] == rep["quantization"]["points"] == 14
-    assert by_name["openvino-fp32"]["int8_kernels"] == 0
-    assert 0.0 <= by_name["openvino-int8"]["agreement_with_fakequant"] <= 1.0
+    # --backend auto (the default) built every installed engine's int8 variants and kept one by the stated rule
+    sel = rep["backend_selection"]
+    cands = {c["name"]: c for c in sel["candidates"]}
+    assert set(cands) == {"openvino-int8", "openvino-int8-bf16", "onnxruntime-int8"}
+    assert all(c["int8_kernels"] == 14 for c in cands.values()), cands
+    eligible = [c for c in cands.values() if c["eligible"]]
+    assert sel["chosen"] == (min(eligible, key=lambda c: c["median_ms"])["name"] if eligible else
+                             max(cands.values(), key=lambda c: (c["agreement_with_fakequant"], -c["median_ms"]))["name"])
+    ours = by_name[sel["chosen"]]
+    engine = cands[sel["chosen"]]["engine"]
+    assert [v["name"] for v in rep["variants"][:4]] == ["pytorch-fp32", "pytorch-fakequant", f"{engine}-fp32", sel["chosen"]]
+    assert ours["int8_kernels"] == rep["quantization"]["points"] == 14
+    assert by_name[f"{engine}-fp32"]["int8_kernels"] == 0
+    assert ours["agreement_with_fakequant"] >= 0.9
+    assert rep["cpu"]["int8_isa"] == rep["quantization"]["config"]["isa"]
     assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["pytorch-fakequant"]
-    assert "## Kernel evidence" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
     assert not list(out.glob(".*tmp*")), "temp files left behind"
 
 

@@ -33,5 +33,6 @@ class Backend(Protocol):
     """An engine: compile an ONNX (or engine-native) artefact for a precision and an intra-op thread count."""
 
     name: str
+    int8_variants: tuple[str, ...]  # precisions our int8 model can be compiled with ("int8", "int8-bf16", ...)
 
     def compile(self, model_path, threads: int, precision: str = "fp32") -> Runner: ...

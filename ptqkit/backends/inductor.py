@@ -253,6 +253,7 @@ class InductorRunner:
 
 class InductorBackend:
     name = "inductor"
+    int8_variants = ("int8",)  # the int8 variants of our model this engine offers
 
     def compile_module(self, model: torch.nn.Module, input_names, threads: int,
                        precision: str = "fp32") -> InductorRunner:

@@ -38,6 +38,7 @@ class ORTRunner:
 
 class ORTBackend:
     name = "onnxruntime"
+    int8_variants = ("int8",)  # the int8 variants of our model this engine offers
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> ORTRunner:
         """The precision is in the graph (QDQ or not); ORT's CPU provider takes no precision hint."""

@@ -52,6 +52,7 @@ PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "int8-bf16": None, "bf16": "bf1
 
 class OpenVINOBackend:
     name = "openvino"
+    int8_variants = ("int8", "int8-bf16")  # the int8 variants of our model this engine offers
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> OpenVINORunner:
         """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads."""

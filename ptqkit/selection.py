@@ -1,0 +1,76 @@
+"""`--backend auto`: build our int8 model on every installed engine, keep the fastest one that computes what the
+fake-quant model computes, measured on this CPU (which engine is fastest depends on its int8 instructions).
+
+Rule: a candidate (an engine and one of its int8 variants) is eligible when its argmax agrees with the torch
+fake-quant model on >= MIN_AGREEMENT of held-out train sentences and it is faster than the same engine's fp32;
+the fastest eligible candidate wins. When none is eligible the most faithful one is kept and the report says why.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .backends import get_backend
+from .bench import BenchConfig, Shape, synthetic_inputs, time_interleaved
+from .evaluation import predict_logits
+
+AUTO_ENGINES = ("openvino", "onnxruntime")  # Inductor compiles per shape for 20+ s: only with --backend inductor
+MIN_AGREEMENT = 0.99
+HOLDOUT_SIZE = 300  # held-out train sentences for the agreement check
+MIN_HOLDOUT = 100  # below this, the calibration sentences are used instead (tiny user data sets)
+TIMING = BenchConfig(warmup=3, rounds=20)
+
+
+@dataclass
+class Selection:
+    """The chosen engine and variant, the runners built on the way (reused by the caller), and the report record."""
+
+    engine: object
+    precision: str
+    runners: dict[str, object]  # variant name -> runner, fp32 included
+    record: dict
+
+
+def installed_engines() -> list[str]:
+    return [name for name in AUTO_ENGINES if importlib.util.find_spec(name) is not None]
+
+
+def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Sequence[dict], agreement_data: str,
+                  batch_size: int, pad_id: int, input_names: tuple[str, ...], vocab_size: int, shape: Shape,
+                  threads: int) -> Selection:
+    """Compile fp32 and every int8 variant on each installed engine, check agreement, time interleaved, choose."""
+    runners: dict[str, object] = {}
+    rows: list[dict] = []
+    for name in installed_engines():
+        engine = get_backend(name)
+        runners[f"{name}-fp32"] = engine.compile(paths["fp32_onnx"], threads, "fp32")
+        for precision in engine.int8_variants:
+            variant = f"{name}-{precision}"
+            runner = runners[variant] = engine.compile(paths["int8_onnx"], threads, precision)
+            logits = predict_logits(runner, features, batch_size, pad_id, desc=f"checking {variant}")
+            agreement = float((logits.argmax(-1) == fq_logits.argmax(-1)).mean())
+            rows.append({"name": variant, "engine": name, "precision": precision, "agreement_with_fakequant": round(agreement, 4),
+                         "int8_kernels": runner.kernels().int8})
+    inputs = synthetic_inputs(shape, vocab_size, input_names)
+    medians = {n: float(np.median(s)) for n, s in time_interleaved(runners, inputs, TIMING).items()}
+    for row in rows:
+        row["median_ms"] = round(medians[row["name"]], 3)
+        row["engine_fp32_ms"] = round(medians[f"{row['engine']}-fp32"], 3)
+        row["eligible"] = (row["agreement_with_fakequant"] >= MIN_AGREEMENT and row["int8_kernels"] > 0
+                           and row["median_ms"] < row["engine_fp32_ms"])
+    eligible = [r for r in rows if r["eligible"]]
+    if eligible:
+        best = min(eligible, key=lambda r: r["median_ms"])
+        reason = (f"fastest of {len(eligible)} eligible candidate(s) (agreement with fake-quant >= {MIN_AGREEMENT} on "
+                  f"{len(features)} {agreement_data}, int8 kernels, faster than the engine's fp32) at {shape}, {threads} thread(s)")
+    else:
+        best = max(rows, key=lambda r: (r["agreement_with_fakequant"], -r["median_ms"]))
+        reason = ("no candidate met every condition (agreement >= {MIN_AGREEMENT}, int8 kernels, faster than its engine's "
+                  "fp32): kept the most faithful one").format(MIN_AGREEMENT=MIN_AGREEMENT)
+    record = {"chosen": best["name"], "reason": reason, "agreement_data": f"{len(features)} {agreement_data}",
+              "shape": str(shape), "threads": threads, "rounds": TIMING.rounds, "candidates": rows}
+    return Selection(get_backend(best["engine"]), best["precision"], runners, record)
