@@ -65,7 +65,9 @@ class QuantConfig:
 
         x86: per-channel weights (oneDNN). On x86 ISAs without VNNI (avx2, avx512) the engines multiply u8 x s8
         with VPMADDUBSW, whose pairwise sums saturate at 16 bits: 255 * 127 * 2 does not fit, 255 * 64 * 2 does.
-        So there the weights use 7 bits (-64..63, stored as int8) and the integer results stay exact.
+        So there the weights use 7 bits (-64..63, stored as int8) and the integer results stay exact, and the
+        activations are stored as uint8 (zero point 128: the same grid as symmetric int8), the operand ONNX
+        Runtime's AVX2 kernels take natively (`python tools/isa_probe.py` measures both forms per engine).
         aarch64: per-tensor weights (ACL overflowed per-channel); ARM dot products accumulate in 32 bits.
         `isa` defaults to this host's when the host is the target's architecture.
         """
@@ -74,11 +76,9 @@ class QuantConfig:
         isa = isa or _default_isa(device)
         if isa not in ISAS[device]:
             raise ValueError(f"int8 ISA {isa!r} is not a {device} one; choose one of {', '.join(ISAS[device])}")
-        if device == "x86":
-            weight = QuantSpec(ch_axis=0, bits=7 if isa in SATURATING_ISAS else 8)
-        else:
-            weight = QuantSpec(ch_axis=None)
-        activation = QuantSpec(method=DEFAULT_CALIB_METHOD[device])
+        narrow = device == "x86" and isa in SATURATING_ISAS
+        weight = QuantSpec(ch_axis=0 if device == "x86" else None, bits=7 if narrow else 8)
+        activation = QuantSpec(method=DEFAULT_CALIB_METHOD[device], dtype="uint8" if narrow else "int8")
         return replace(QuantConfig(device=device, activation=activation, weight=weight, isa=isa), **overrides)
 
     def with_calib_method(self, method: str, percentile: float | None = None) -> "QuantConfig":

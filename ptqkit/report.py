@@ -128,7 +128,8 @@ def _label(v: dict) -> str:
 
 
 def plot(rep: dict, path) -> None:
-    """Accuracy vs latency at the first timed cell: where each variant sits in the trade-off."""
+    """Accuracy vs latency at the first timed cell. Names go in a legend (no labels to overlap); ours are filled
+    circles, peers hollow squares, fp32 variants diamonds; dashed lines mark PyTorch fp32 (the reference)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,19 +138,29 @@ def plot(rep: dict, path) -> None:
     from . import artifacts
 
     metric = _primary_metric(rep)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     cell = None
-    for v in rep["variants"]:
-        if not (v.get("metrics") and v.get("latency_ms")):
-            continue
+    colors = plt.get_cmap("tab10").colors
+    shown = [v for v in rep["variants"] if v.get("metrics") and v.get("latency_ms")]
+    for i, v in enumerate(shown):
         r = v["latency_ms"][0]
         cell = f"{r['batch']}x{r['seq_len']}, {r['threads']} thread(s)"
-        ax.scatter(r["median"], v["metrics"][metric], marker="s" if v.get("peer") else "o")
-        ax.annotate(v["name"], (r["median"], v["metrics"][metric]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        x, y = r["median"], v["metrics"][metric]
+        if v["name"] == "pytorch-fp32":
+            ax.axhline(y, color="grey", ls="--", lw=0.8)
+            ax.axvline(x, color="grey", ls="--", lw=0.8)
+        if v.get("peer"):
+            style = {"marker": "s", "facecolors": "none", "edgecolors": colors[i % 10], "label": f"{v['name']} (peer)"}
+        elif v["precision"] == "fp32":
+            style = {"marker": "D", "color": colors[i % 10], "label": f"{v['name']} (fp32{' reference' if v['name'] == 'pytorch-fp32' else ''})"}
+        else:
+            style = {"marker": "o", "color": colors[i % 10], "label": f"{v['name']} (ours)"}
+        ax.scatter(x, y, s=60, linewidths=1.5, **style)
     ax.set_xlabel(f"median latency, ms ({cell})")
     ax.set_ylabel(metric)
-    ax.set_title(f"{rep['model']} on {rep['task']}: accuracy vs latency")
+    ax.set_title(f"{rep['model']} on {rep['task']}: accuracy vs latency ({rep['cpu'].get('int8_isa', '')})")
     ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     with artifacts.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -55,6 +55,7 @@ def test_report_cpu_names_the_int8_isa_and_its_sources():
 def test_x86_contract_narrows_weights_where_pair_sums_saturate(isa, bits):
     cfg = QuantConfig.for_device("x86", isa=isa)
     assert cfg.weight.bits == bits and cfg.weight.ch_axis == 0 and cfg.isa == isa
+    assert cfg.activation.dtype == ("uint8" if bits == 7 else "int8") and cfg.activation.symmetric
     assert (cfg.weight.qmin, cfg.weight.qmax) == ((-64, 63) if bits == 7 else (-128, 127))
     assert cfg.weight.storage_range == (-128, 127)
     assert QuantConfig.from_dict(cfg.to_dict()) == cfg
@@ -91,6 +92,8 @@ def test_seven_bit_weights_fit_the_non_saturating_range(seven_bit):
         ints = (w / scale).round()  # per-channel along axis 1 (weights are transposed before fake-quant)
         assert abs(ints).max() <= 64, node.name
         assert abs(ints).max() >= 63  # the narrowed range is used in full, not shrunk further
+    act_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert act_q and all(inits[n.input[2]].dtype == "uint8" and int(inits[n.input[2]]) == 128 for n in act_q)
 
 
 SIMULATED = """
