@@ -23,7 +23,7 @@ from .peers import Peer
 from .qat import QATConfig, train_qat
 from .smoothquant import collect_input_absmax, smooth
 from .quantizer import Quantizer, run_calibration
-from .selection import HOLDOUT_SIZE, MIN_HOLDOUT, Selection, installed_engines, select_engine
+from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, installed_engines, least_confident, select_engine
 
 INT8_VARIANT_NOTES = {"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"}
 
@@ -196,16 +196,24 @@ def run(cfg: RunConfig) -> dict:
 
 def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], paths: dict[str, Path],
                   threads: int) -> Selection:
-    """--backend auto on held-out train sentences (the calibration sentences when too few are left)."""
+    """--backend auto, checked on the held-out train sentences where precision decides.
+
+    The default model was fine-tuned on the whole train split, so most train sentences are predicted with large
+    margins and any engine agrees on them; validation is never used for choices. So the fake-quant model scores a
+    pool of held-out train sentences (the calibration sentences when too few are left) and the candidates are
+    compared on the SELECTION_SIZE with the smallest top-2 logit margin.
+    """
     n_calib = sum(int(b["input_ids"].shape[0]) for b in calib)
-    n = min(HOLDOUT_SIZE, max(0, len(ld.task.train) - n_calib))
-    examples, kind = train_holdout(ld.task, n), "held-out train sentences"
-    if n < MIN_HOLDOUT:
-        examples, kind = train_holdout(ld.task, len(ld.task.train))[:HOLDOUT_SIZE], "calibration sentences (too few train sentences to hold out)"
-    features = encode(ld.tokenizer, examples, cfg.max_seq_len)
+    n = min(POOL_SIZE, max(0, len(ld.task.train) - n_calib))
+    pool, kind = train_holdout(ld.task, n), "held-out train sentences"
+    if n < MIN_POOL:
+        pool, kind = train_holdout(ld.task, len(ld.task.train))[:POOL_SIZE], "calibration sentences"
+    features = encode(ld.tokenizer, pool, cfg.max_seq_len)
     fq_logits = predict_logits(TorchRunner(q.quantize(), ld.input_names, threads), features, cfg.batch_size, ld.pad_id,
                                desc="checking pytorch-fakequant")
-    sel = select_engine(paths, fq_logits, features, kind, cfg.batch_size, ld.pad_id, ld.input_names,
+    picked = least_confident(fq_logits, SELECTION_SIZE)
+    sel = select_engine(paths, fq_logits[picked], [features[i] for i in picked],
+                        f"least confident of {len(pool)} {kind}", cfg.batch_size, ld.pad_id, ld.input_names,
                         ld.model.config.vocab_size, cfg.bench.shapes[0], threads)
     print(f"--backend auto: {sel.record['chosen']} ({sel.record['reason']})")
     return sel

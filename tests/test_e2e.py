@@ -24,7 +24,7 @@ def test_report_contract(report: dict) -> None:
     assert isinstance(report["cpu"]["model"], str) and isinstance(report["cpu"]["flags"], list)
     assert "torch" in report["versions"]
     names = [v["name"] for v in report["variants"]]
-    assert names[:2] == ["pytorch-fp32", "pytorch-fakequant"] and "openvino-int8" in names
+    assert names[:2] == ["pytorch-fp32", "pytorch-fakequant"] and report["backend_selection"]["chosen"] in names
     for v in report["variants"]:
         assert {"name", "engine", "precision", "metrics"} <= set(v)
         assert 0.0 <= v["metrics"]["accuracy"] <= 1.0
@@ -37,8 +37,9 @@ def test_fp32_accuracy_bar(report: dict) -> None:
 
 
 def test_int8_runs_int8_kernels_and_agrees(report: dict) -> None:
-    int8 = next(v for v in report["variants"] if v["name"] == "openvino-int8")
+    int8 = next(v for v in report["variants"] if v["name"] == report["backend_selection"]["chosen"])
     assert int8["int8_kernels"] == report["quantization"]["points"] == 38
     assert int8["agreement_with_fakequant"] >= 0.97
+    assert int8["latency_ms"][0]["median"] < next(v for v in report["variants"] if v["name"] == f"{int8['engine']}-fp32")["latency_ms"][0]["median"]
     fp32 = report["variants"][0]["metrics"]["accuracy"]
     assert int8["metrics"]["accuracy"] >= fp32 - 0.01

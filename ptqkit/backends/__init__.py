@@ -12,7 +12,7 @@ _PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "inductor": "
 def get_backend(name: str):
     """The engine object for `name`; a clear error if unknown or its package is missing."""
     if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} (or auto)")
     if importlib.util.find_spec(_PACKAGES[name]) is None:
         raise UserError(f"backend {name} needs the '{_PACKAGES[name]}' package: pip install -r requirements.txt")
     if name == "openvino":
