@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -139,3 +140,48 @@ def test_simulated_avx2_openvino_matches_fake_quant(tmp_path):
     assert not any("avx512" in k or "amx" in k for k in host["kernels"]), host["kernels"]  # the simulation is in effect
     assert host["max_error"] <= 1e-4 * host["ref_max"], host
     assert vnni["max_error"] > 100 * host["max_error"], vnni  # saturation shows without the narrowed weights
+
+
+EMULATED = """
+import json, numpy as np, onnxruntime as ort
+inputs = dict(np.load({inputs!r}))
+errors = {{}}
+for isa, path in {models!r}.items():
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    errors[isa] = float(np.abs(session.run(None, inputs)[0] - np.load(path + ".ref.npy")).max())
+print(json.dumps(errors))
+"""
+
+
+def _qemu() -> str | None:
+    import shutil
+
+    return shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(not X86, reason="x86 user-mode emulation of an AVX2 CPU")
+def test_emulated_avx2_onnxruntime_matches_fake_quant(tmp_path):
+    """ONNX Runtime's MLAS picks kernels from CPUID and ignores every cap, so an AVX2-only CPU is emulated with
+    qemu-user (-cpu Haswell): there the AVX2 contract is exact and the VNNI contract saturates."""
+    qemu = _qemu()
+    if qemu is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install qemu-user-static (.ci/run does) to check ONNX Runtime's AVX2 kernels")
+        pytest.skip("qemu-user-static is not installed (apt-get install qemu-user-static)")
+    model, batch = tiny_bert(), make_batch(32, 20, seed=7)
+    models = {}
+    for isa in ("avx2", "avx512_vnni"):
+        q = Quantizer(config=QuantConfig.for_device("x86", isa=isa))
+        run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
+        q.quantize()
+        path = export_onnx(fakequant_eager(model, q), NAMES, make_batch(1, 16, 5), tmp_path / f"{isa}.onnx")
+        np.save(str(path) + ".ref.npy", logits(q.graph, batch).numpy())
+        models[isa] = str(path)
+    np.savez(tmp_path / "inputs.npz", **{k: v.numpy() for k, v in batch.items()})
+    code = EMULATED.format(inputs=str(tmp_path / "inputs.npz"), models=models)
+    res = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    errors = json.loads(res.stdout.strip().splitlines()[-1])
+    assert errors["avx2"] < 1e-5, errors
+    assert errors["avx512_vnni"] > 100 * max(errors["avx2"], 1e-7), errors  # the saturation the contract prevents
