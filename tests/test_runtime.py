@@ -145,3 +145,11 @@ def test_missing_model_file_is_a_user_error(artefacts, tmp_path: Path) -> None:
     (partial / "runtime.json").write_text((out / "runtime.json").read_text())
     with pytest.raises(UserError, match="model_int8_qdq.onnx not found"):
         runtime.Classifier(partial, "onnxruntime", 1)
+
+
+def test_arm64_check_rejects_a_dir_without_runtime_files(tmp_path: Path) -> None:
+    """The emulated check refuses, in one line and before touching apt or mounts, what it cannot check."""
+    proc = subprocess.run(["bash", "tools/arm64_check.sh", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "lacks runtime.json or host_check.json" in proc.stderr
