@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -172,6 +173,19 @@ def cpu_info() -> dict:
     return info
 
 
+def _int8_primitives(runner) -> dict[str, int]:
+    """OpenVINO only: which implementation ran the int8 layers (e.g. gemm_acl_i8 = Arm Compute Library)."""
+    if not hasattr(runner, "compiled"):
+        return {}
+    found: Counter = Counter()
+    for op in runner.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        get = lambda key: info[key].astype(str) if key in info else ""  # noqa: E731
+        if get("layerType") in ("FullyConnected", "MatMul") and get("runtimePrecision") in ("i8", "u8"):
+            found[f"primitive:{get('primitiveType')}"] += 1
+    return dict(found)
+
+
 def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int = 32, threads: int = 1) -> dict:
     """Run the host's stored sentences on each engine here: int8 kernel evidence and argmax agreement with the
     host's fake-quant logits (and with the host int8 engine's labels). `passed` needs both on every engine."""
@@ -195,7 +209,7 @@ def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int
             continue
         agree = round(float((pred == fq).mean()), 4)
         report["engines"][engine] = {
-            "int8_kernels": ev.int8, "fp32_kernels": ev.fp32, "kernel_details": ev.details,
+            "int8_kernels": ev.int8, "fp32_kernels": ev.fp32, "kernel_details": ev.details | _int8_primitives(clf.runner),
             "agreement_with_host": agree, "agreement_with_host_int8": round(float((pred == host_int8).mean()), 4),
             "passed": ev.int8 > 0 and agree >= MIN_AGREEMENT,
         }

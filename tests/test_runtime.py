@@ -106,6 +106,7 @@ def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> 
     assert rep["cpu"]["machine"] and rep["sentences"] == 40
     ov, ort = rep["engines"]["openvino"], rep["engines"]["onnxruntime"]
     assert ov["int8_kernels"] == 14 and ov["kernel_details"]["FullyConnected:i8"] == 14
+    assert sum(v for k, v in ov["kernel_details"].items() if k.startswith("primitive:")) == 14
     assert ort["int8_kernels"] == 14 and ort["kernel_details"]["MatMulIntegerToFloat"] == 14
     assert ov["agreement_with_host_int8"] == 1.0
     assert 0.0 <= ort["agreement_with_host"] <= 1.0 and ov["passed"] == (ov["agreement_with_host"] >= 0.99)

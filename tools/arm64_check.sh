@@ -79,9 +79,9 @@ guest() {  # run a command in the arm64 root, in a private mount namespace (noth
       if [ "$mode" = ro ]; then mount -o remount,bind,ro "$R$dst"; fi
     done
     exec nice -n 10 env -i PATH=$VENV/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 QEMU_CPU="$CPU" \
-      OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1 chroot "$R" "$@"' guest "$ROOT" "$@"
+      OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1 "$CHROOT" "$R" "$@"' guest "$ROOT" "$@"
 }
-export BASE CPU VENV
+export BASE CPU VENV CHROOT=$(command -v chroot)
 export TAG=${CPU//[,=]/_} BINDS="$REPO:/opt/ptqkit:ro"
 
 step "arm64 /proc/cpuinfo for QEMU_CPU=$CPU"
