@@ -47,9 +47,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def plain_parser(description: str) -> argparse.ArgumentParser:
+    """A parser whose usage errors are one line with exit code 2."""
+    return _Parser(description=description)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The flags shared by all steps: where the model and data come from, where outputs go."""
-    p = _Parser(description=description)
+    p = plain_parser(description)
     p.add_argument("--device", choices=DEVICES, default="x86", help="target CPU: picks the quantization contract")
     p.add_argument("--model", default="default", help="hub id or local save_pretrained dir (default: the offline MiniLM-L6 fine-tuned on rotten_tomatoes)")
     p.add_argument("--task", default="rotten_tomatoes", help="rotten_tomatoes (offline default) or a GLUE task: mrpc sst2 qqp qnli rte cola stsb mnli")

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import artifacts, peers, report
+from . import artifacts, peers, report, runtime
 from .backends import get_backend
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
@@ -108,6 +108,7 @@ def run(cfg: RunConfig) -> dict:
     q, steps = calibrate(ld, cfg, calib)
     q.save(out_dir / "quant_state")
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
+    write_runtime_files(ld, cfg, out_dir)
 
     built: dict = {}  # runners already compiled for the first thread count, reused for evaluation and timing
     selection = None
@@ -170,6 +171,8 @@ def run(cfg: RunConfig) -> dict:
             v.record["agreement_with_fp32"] = argmax_agreement(logits, fp32_logits)
         if v.record["name"].startswith(ours_int8):
             v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
+        if v.record["name"] == ours_int8:
+            write_host_check(ld, fq_logits, logits, ours_int8, out_dir)
     if fq_logits is not None:
         variants[1].record["agreement_with_fp32"] = argmax_agreement(fq_logits, fp32_logits)
 
@@ -296,6 +299,28 @@ def export_artifacts(model, q: Quantizer, input_names: tuple[str, ...], out_dir:
     }
 
 
+def write_runtime_files(ld: Loaded, cfg: RunConfig, out_dir: Path) -> None:
+    """What predict.py needs beside the int8 ONNX on a torch-free target: tokenizer/ and runtime.json."""
+    with artifacts.atomic_dir(out_dir / runtime.TOKENIZER_DIR) as tmp:
+        ld.tokenizer.save_pretrained(str(tmp))
+    num_labels = ld.model.config.num_labels
+    rc = runtime.RuntimeConfig(
+        model_file="model_int8_qdq.onnx", input_names=ld.input_names, max_seq_len=cfg.max_seq_len, pad_id=ld.pad_id,
+        id2label={} if num_labels == 1 else {int(k): str(v) for k, v in ld.model.config.id2label.items()},
+        text_pairs=any(e.text_pair is not None for e in ld.task.validation))
+    artifacts.write_json(out_dir / runtime.RUNTIME_CONFIG, rc.to_dict())
+
+
+def write_host_check(ld: Loaded, fq_logits: np.ndarray, int8_logits: np.ndarray, engine: str, out_dir: Path,
+                     n: int = 200) -> None:
+    """The first n validation sentences with the host's fake-quant logits and int8 engine labels, so that a
+    target can check itself against the host (predict.py --check)."""
+    examples = [{"text": e.text, "text_pair": e.text_pair, "fakequant_logits": [float(x) for x in fq],
+                 "int8_label": int(i8.argmax())}
+                for e, fq, i8 in zip(ld.task.validation[:n], fq_logits, int8_logits)]
+    artifacts.write_json(out_dir / runtime.HOST_CHECK, {"int8_engine": engine, "examples": examples})
+
+
 def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return round(float((a.argmax(-1) == b.argmax(-1)).mean()), 4)
 
@@ -363,6 +388,7 @@ def export_step(cfg: RunConfig) -> dict[str, Path]:
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     q = Quantizer.load(out_dir / "quant_state", ld.model)
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
+    write_runtime_files(ld, cfg, out_dir)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return paths

@@ -1,0 +1,217 @@
+"""Deployment runtime: classify text with an exported artefact directory, without torch or transformers.
+
+What a target server needs is in the artefact directory (runtime.json, the int8 QDQ ONNX, tokenizer/); this
+module needs only numpy, `tokenizers` and an engine (OpenVINO or ONNX Runtime). It reuses the engines' own
+backends (ptqkit.backends, torch-free), so it compiles exactly as bert_ptq.py does: OpenVINO int8 with the f32
+inference-precision hint (the engine's default on ARM runs everything outside int8 in f16), ONNX Runtime with
+the QDQ-friendly optimizer settings. Nothing imported here may import torch: tests/test_runtime.py checks it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .backends import get_backend
+from .errors import UserError
+
+RUNTIME_CONFIG = "runtime.json"
+HOST_CHECK = "host_check.json"
+TOKENIZER_DIR = "tokenizer"
+ENGINES = ("openvino", "onnxruntime")
+RUNTIME_FORMAT = 1
+MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What runtime.json records: enough to tokenize like the host and name the outputs."""
+
+    model_file: str
+    input_names: tuple[str, ...]
+    max_seq_len: int
+    pad_id: int
+    id2label: dict[int, str]  # empty for regression
+    text_pairs: bool  # inputs are "first<TAB>second" pairs
+
+    def to_dict(self) -> dict:
+        return {"format": RUNTIME_FORMAT, "model_file": self.model_file, "input_names": list(self.input_names),
+                "max_seq_len": self.max_seq_len, "truncation": "longest_first", "pad_id": self.pad_id,
+                "tokenizer": f"{TOKENIZER_DIR}/tokenizer.json", "id2label": {str(k): v for k, v in self.id2label.items()},
+                "text_pairs": self.text_pairs}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RuntimeConfig":
+        return cls(model_file=d["model_file"], input_names=tuple(d["input_names"]), max_seq_len=int(d["max_seq_len"]),
+                   pad_id=int(d["pad_id"]), id2label={int(k): v for k, v in d["id2label"].items()},
+                   text_pairs=bool(d["text_pairs"]))
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: {what}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}); re-run export.py or bert_ptq.py") from None
+
+
+class Tokenizer:
+    """The host's fast tokenizer (tokenizer.json), truncating and padding as the pipeline does."""
+
+    def __init__(self, path: Path, cfg: RuntimeConfig):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            self.tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception on bad files
+            raise UserError(f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0]}); re-run export.py") from None
+        self.tok.no_padding()
+        self.tok.enable_truncation(cfg.max_seq_len)  # the default strategy, longest_first, is transformers' too
+        self.cfg = cfg
+
+    def encode(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
+        if self.cfg.text_pairs:
+            inputs = [tuple((t.split("\t", 1) + [""])[:2]) for t in texts]
+        else:
+            inputs = list(texts)
+        encs = self.tok.encode_batch(inputs)
+        return [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids} for e in encs]
+
+    def pad(self, features: Sequence[dict[str, list[int]]]) -> dict[str, np.ndarray]:
+        """Right-pad to the longest in the batch: int64 arrays for the model's inputs."""
+        n = max(len(f["input_ids"]) for f in features)
+        out = {}
+        for name in self.cfg.input_names:
+            fill = self.cfg.pad_id if name == "input_ids" else 0
+            out[name] = np.array([f[name] + [fill] * (n - len(f[name])) for f in features], dtype=np.int64)
+        return out
+
+
+class Classifier:
+    """An artefact directory compiled on one engine: texts in, logits and labels out."""
+
+    def __init__(self, artefact_dir: str | Path, engine: str = "openvino", threads: int | None = None):
+        self.dir = Path(artefact_dir)
+        if not self.dir.is_dir():
+            raise UserError(f"artefact dir {self.dir} does not exist; pass the --output-dir of bert_ptq.py or export.py")
+        self.cfg = RuntimeConfig.from_dict(_read_json(self.dir / RUNTIME_CONFIG, "not an artefact dir of ptqkit >= runtime "
+                                                      "format 1; re-run export.py or bert_ptq.py with this --output-dir"))
+        model = self.dir / self.cfg.model_file
+        if not model.is_file():
+            raise UserError(f"{model} not found: the artefact dir is incomplete; copy all of it")
+        self.tokenizer = Tokenizer(self.dir / TOKENIZER_DIR / "tokenizer.json", self.cfg)
+        if engine not in ENGINES:
+            raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        self.engine = engine
+        self.runner = get_backend(engine).compile(model, threads or os.cpu_count() or 1, "int8")
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Batches of similar length (less padding), results in input order."""
+        features = self.tokenizer.encode(texts)
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+        out: list[np.ndarray | None] = [None] * len(features)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            for i, row in zip(idx, self.runner(self.tokenizer.pad([features[i] for i in idx]))):
+                out[i] = row
+        num_labels = max(len(self.cfg.id2label), 1)
+        return np.stack(out) if out else np.zeros((0, num_labels), np.float32)
+
+    def records(self, texts: Sequence[str], batch_size: int = 32) -> Iterator[dict]:
+        """One JSON-ready dict per text: label name and id (or the score of a regression model), logits."""
+        for text, row in zip(texts, self.logits(texts, batch_size)):
+            logits = [round(float(x), 6) for x in row]
+            if not self.cfg.id2label:
+                yield {"text": text, "score": logits[0]}
+            else:
+                label_id = int(np.argmax(row))
+                yield {"text": text, "label": self.cfg.id2label.get(label_id, str(label_id)), "label_id": label_id, "logits": logits}
+
+
+def read_texts(args: Sequence[str], file: str | None, stdin: Iterable[str]) -> list[str]:
+    """Texts from arguments, else a file (one per line), else stdin; blank lines are skipped."""
+    if args:
+        return list(args)
+    if file:
+        try:
+            with open(file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise UserError(f"cannot read {file}: {e.strerror}") from None
+    else:
+        lines = [line.rstrip("\n") for line in stdin]
+    return [line for line in lines if line.strip()]
+
+
+def cpu_info() -> dict:
+    """The CPU the engines see: architecture, model, feature flags, and the emulated CPU when under qemu."""
+    info: dict = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    for src, dst in (("model name", "model"), ("CPU implementer", "implementer"), ("CPU part", "part")):
+        if src in fields:
+            info[dst] = fields[src]
+    flags = (fields.get("Features") or fields.get("flags") or "").split()
+    info["int8_features"] = [f for f in flags if f in ("asimddp", "i8mm", "sve", "sve2", "svei8mm", "sme", "bf16",
+                                                       "avx2", "avx512_vnni", "avx_vnni", "amx_int8")]
+    info["features"] = " ".join(flags)
+    if os.environ.get("QEMU_CPU"):
+        info["qemu_cpu"] = os.environ["QEMU_CPU"]
+    return info
+
+
+def _int8_primitives(runner) -> dict[str, int]:
+    """OpenVINO only: which implementation ran the int8 layers (e.g. gemm_acl_i8 = Arm Compute Library)."""
+    if not hasattr(runner, "compiled"):
+        return {}
+    found: Counter = Counter()
+    for op in runner.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        get = lambda key: info[key].astype(str) if key in info else ""  # noqa: E731
+        if get("layerType") in ("FullyConnected", "MatMul") and get("runtimePrecision") in ("i8", "u8"):
+            found[f"primitive:{get('primitiveType')}"] += 1
+    return dict(found)
+
+
+def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int = 32, threads: int = 1) -> dict:
+    """Run the host's stored sentences on each engine here: int8 kernel evidence and argmax agreement with the
+    host's fake-quant logits (and with the host int8 engine's labels). `passed` needs both on every engine."""
+    artefact_dir = Path(artefact_dir)
+    host = _read_json(artefact_dir / HOST_CHECK, "bert_ptq.py writes it (export.py alone does not); run bert_ptq.py")
+    texts = [e["text"] if e.get("text_pair") is None else f"{e['text']}\t{e['text_pair']}" for e in host["examples"]]
+    fq = np.array([e["fakequant_logits"] for e in host["examples"]]).argmax(-1)
+    host_int8 = np.array([e["int8_label"] for e in host["examples"]])
+    report: dict = {"cpu": cpu_info(), "sentences": len(texts), "host_int8_engine": host.get("int8_engine"),
+                    "min_agreement": MIN_AGREEMENT, "engines": {}}
+    for engine in engines:
+        try:
+            clf = Classifier(artefact_dir, engine, threads)
+            ev = clf.runner.kernels()
+            pred = clf.logits(texts, batch_size).argmax(-1)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one engine failing is reported, the other still runs
+            report["engines"][engine] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                                         "passed": False}
+            continue
+        agree = round(float((pred == fq).mean()), 4)
+        report["engines"][engine] = {
+            "int8_kernels": ev.int8, "fp32_kernels": ev.fp32, "kernel_details": ev.details | _int8_primitives(clf.runner),
+            "agreement_with_host": agree, "agreement_with_host_int8": round(float((pred == host_int8).mean()), 4),
+            "passed": ev.int8 > 0 and agree >= MIN_AGREEMENT,
+        }
+    report["passed"] = bool(report["engines"]) and all(e["passed"] for e in report["engines"].values())
+    return report

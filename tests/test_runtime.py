@@ -1,0 +1,156 @@
+"""The torch-free deployment runtime (ptqkit/runtime.py, predict.py) on an artefact dir from a tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptqkit import runtime
+from ptqkit.bench import BenchConfig, Shape
+from ptqkit.data import Example, encode
+from ptqkit.errors import UserError
+from ptqkit.pipeline import RunConfig, load, run
+from test_pipeline import _write_csv
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory, tiny_model_dir) -> tuple[Path, RunConfig]:
+    """bert_ptq.py's run on a tiny classifier whose head is scaled up, so that its labels vary."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("runtime")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)
+    model.save_pretrained(d / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(d / "model")
+    cfg = RunConfig(model=str(d / "model"), train_file=str(_write_csv(d / "train.csv", 64, 0)),
+                    validation_file=str(_write_csv(d / "val.csv", 40, 1)), output_dir=str(d / "out"),
+                    cache_dir=str(d / "cache"), batch_size=8, max_seq_len=16, calib_batches=2, skip_peers=True,
+                    bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1))
+    run(cfg)
+    return Path(cfg.output_dir), cfg
+
+
+def _host_check(out: Path) -> dict:
+    return json.loads((out / runtime.HOST_CHECK).read_text())
+
+
+def test_artefact_dir_is_self_contained(artefacts) -> None:
+    out, cfg = artefacts
+    rc = json.loads((out / runtime.RUNTIME_CONFIG).read_text())
+    assert rc["model_file"] == "model_int8_qdq.onnx" and rc["max_seq_len"] == 16
+    assert rc["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert rc["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"} and rc["text_pairs"] is False
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    host = _host_check(out)
+    assert host["int8_engine"] == "openvino-int8" and len(host["examples"]) == 40
+    assert len({e["int8_label"] for e in host["examples"]}) == 2, "labels must vary for the comparisons to mean anything"
+    assert not list(out.glob(".*tmp*")) and not list(out.glob(".*.old")), "temp files left behind"
+
+
+def test_tokenizer_matches_the_pipeline(artefacts) -> None:
+    """Same ids as transformers' tokenizer, including truncation to max_seq_len."""
+    out, cfg = artefacts
+    ld = load(cfg)
+    rc = runtime.RuntimeConfig.from_dict(json.loads((out / runtime.RUNTIME_CONFIG).read_text()))
+    tok = runtime.Tokenizer(out / "tokenizer" / "tokenizer.json", rc)
+    texts = [e.text for e in ld.task.validation] + ["a " * 40 + "long one", "Émile's café, naïve!"]
+    expected = encode(ld.tokenizer, [Example(t, 0) for t in texts], cfg.max_seq_len)
+    assert tok.encode(texts) == expected
+    assert max(len(f["input_ids"]) for f in expected) == 16
+
+
+@pytest.mark.parametrize("engine", runtime.ENGINES)
+def test_predict_cli_gives_the_host_int8_labels(artefacts, engine: str, tmp_path: Path) -> None:
+    """predict.py over a file, JSON lines out, equals the labels of the pipeline's int8 variant."""
+    out, _ = artefacts
+    examples = _host_check(out)["examples"]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(e["text"] for e in examples) + "\n")
+    proc = subprocess.run([sys.executable, "predict.py", str(out), "--file", str(texts), "--engine", engine,
+                           "--batch-size", "7", "--threads", "1"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["text"] for r in records] == [e["text"] for e in examples]
+    assert [r["label_id"] for r in records] == [e["int8_label"] for e in examples]
+    assert all(r["label"] == f"LABEL_{r['label_id']}" and len(r["logits"]) == 2 for r in records)
+
+
+def test_predict_reads_arguments_and_stdin(artefacts) -> None:
+    out, _ = artefacts
+    args = subprocess.run([sys.executable, "predict.py", str(out), "good film", "dull plot"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    stdin = subprocess.run([sys.executable, "predict.py", str(out)], input="good film\n\ndull plot\n", cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=120)
+    assert args.returncode == 0 and stdin.returncode == 0, args.stderr + stdin.stderr
+    assert args.stdout == stdin.stdout and len(args.stdout.splitlines()) == 2
+
+
+def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> None:
+    out, _ = artefacts
+    report = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, "predict.py", str(out), "--check", "--engine", "openvino,onnxruntime",
+                           "--report", str(report)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=180)
+    rep = json.loads(report.read_text())
+    assert proc.returncode == (0 if rep["passed"] else 1), proc.stderr
+    assert rep["cpu"]["machine"] and rep["sentences"] == 40
+    ov, ort = rep["engines"]["openvino"], rep["engines"]["onnxruntime"]
+    assert ov["int8_kernels"] == 14 and ov["kernel_details"]["FullyConnected:i8"] == 14
+    assert sum(v for k, v in ov["kernel_details"].items() if k.startswith("primitive:")) == 14
+    assert ort["int8_kernels"] == 14 and ort["kernel_details"]["MatMulIntegerToFloat"] == 14
+    assert ov["agreement_with_host_int8"] == 1.0
+    assert 0.0 <= ort["agreement_with_host"] <= 1.0 and ov["passed"] == (ov["agreement_with_host"] >= 0.99)
+
+
+def test_runtime_runs_without_torch(artefacts) -> None:
+    """Poison torch and transformers: importing and running the runtime must not need them."""
+    out, _ = artefacts
+    code = ("import sys\n"
+            "for name in ('torch', 'transformers'):\n"
+            "    sys.modules[name] = None\n"
+            "from ptqkit.runtime import Classifier\n"
+            f"print(next(Classifier({str(out)!r}, 'onnxruntime', 1).records(['good film']))['label'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in ("LABEL_0", "LABEL_1")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: None, "does not exist"),
+    (lambda d: d.mkdir(), "runtime.json not found"),
+    (lambda d: (d.mkdir(), (d / "runtime.json").write_text("{")), "runtime.json is unreadable"),
+])
+def test_bad_artefact_dir_exits_2_with_one_line(tmp_path: Path, damage, message: str) -> None:
+    bad = tmp_path / "bad"
+    damage(bad)
+    proc = subprocess.run([sys.executable, "predict.py", str(bad), "text"], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+
+
+def test_missing_model_file_is_a_user_error(artefacts, tmp_path: Path) -> None:
+    out, _ = artefacts
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "runtime.json").write_text((out / "runtime.json").read_text())
+    with pytest.raises(UserError, match="model_int8_qdq.onnx not found"):
+        runtime.Classifier(partial, "onnxruntime", 1)
+
+
+def test_arm64_check_rejects_a_dir_without_runtime_files(tmp_path: Path) -> None:
+    """The emulated check refuses, in one line and before touching apt or mounts, what it cannot check."""
+    proc = subprocess.run(["bash", "tools/arm64_check.sh", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "lacks runtime.json or host_check.json" in proc.stderr
