@@ -134,7 +134,7 @@ def run(cfg: RunConfig) -> dict:
         if precision in INT8_VARIANT_NOTES:
             record["note"] = INT8_VARIANT_NOTES[precision]
         variants.append(Variant(record, lambda t, p=precision: build_int8(t, p)))
-    ours_int8 = f"{backend.name}-int8"
+    ours_int8 = [f"{backend.name}-{precision}" for precision in ours]  # the first one is the chosen variant
     if not cfg.skip_peers:
         variants += [Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build)
                      for p in build_peers(ld, paths["fp32_onnx"], calib, out_dir)]
@@ -169,10 +169,10 @@ def run(cfg: RunConfig) -> dict:
             fp32_logits = logits
         else:
             v.record["agreement_with_fp32"] = argmax_agreement(logits, fp32_logits)
-        if v.record["name"].startswith(ours_int8):
+        if v.record["name"] in ours_int8:
             v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
-        if v.record["name"] == ours_int8:
-            write_host_check(ld, fq_logits, logits, ours_int8, out_dir)
+        if v.record["name"] == ours_int8[0]:
+            write_host_check(ld, fq_logits, logits, ours_int8[0], out_dir)
     if fq_logits is not None:
         variants[1].record["agreement_with_fp32"] = argmax_agreement(fq_logits, fp32_logits)
 
