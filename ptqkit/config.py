@@ -75,7 +75,7 @@ class QuantConfig:
             raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         isa = isa or _default_isa(device)
         if isa not in ISAS[device]:
-            raise ValueError(f"int8 ISA {isa!r} is not a {device} one; choose one of {', '.join(ISAS[device])}")
+            raise ValueError(f"int8 ISA {isa!r} is not one of --device {device}; choose one of {', '.join(ISAS[device])}")
         narrow = device == "x86" and isa in SATURATING_ISAS
         weight = QuantSpec(ch_axis=0 if device == "x86" else None, bits=7 if narrow else 8)
         activation = QuantSpec(method=DEFAULT_CALIB_METHOD[device], dtype="uint8" if narrow else "int8")

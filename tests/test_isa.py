@@ -63,7 +63,7 @@ def test_x86_contract_narrows_weights_where_pair_sums_saturate(isa, bits):
 
 
 def test_contract_rejects_an_isa_of_the_other_architecture():
-    with pytest.raises(ValueError, match="not a aarch64 one"):
+    with pytest.raises(ValueError, match="is not one of --device aarch64"):
         QuantConfig.for_device("aarch64", isa="avx2")
     assert QuantConfig.for_device("aarch64", isa="arm_i8mm").weight.ch_axis is None
 
