@@ -386,9 +386,14 @@ def encode(tokenizer, examples: Sequence[Example], max_seq_len: int) -> list[dic
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
 
+# Batches are at least this long: MobileBERT's captured graph rules out seq_len 2 (a batch of empty texts is
+# [CLS] [SEP]); the extra position is masked padding, so outputs do not change.
+MIN_BATCH_SEQ_LEN = 3
+
+
 def pad_batch(features: Sequence[dict[str, list[int]]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad a list of tokenized examples to the longest one (or to `length`)."""
-    n = length or max(len(f["input_ids"]) for f in features)
+    """Right-pad a list of tokenized examples to the longest one (at least MIN_BATCH_SEQ_LEN), or to `length`."""
+    n = length or max(MIN_BATCH_SEQ_LEN, *(len(f["input_ids"]) for f in features))
     out: dict[str, torch.Tensor] = {}
     for key in features[0]:
         fill = pad_id if key == "input_ids" else 0

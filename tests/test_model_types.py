@@ -75,3 +75,18 @@ def test_uncapturable_model_is_a_user_error_naming_the_type():
 
     with pytest.raises(UserError, match=r"model type 'electra' cannot be quantized: cannot capture DataDependent"):
         Quantizer().calib(DataDependent(tiny_classifier("electra")))
+
+
+def test_batch_of_empty_texts_fits_mobilebert_graph():
+    """[CLS] [SEP] alone is seq_len 2, which MobileBERT's graph rules out: batches are padded to 3."""
+    import torch
+
+    from ptqkit.capture import capture
+    from ptqkit.data import pad_batch
+
+    model = tiny_classifier("mobilebert")
+    graph = capture(model, TYPES["mobilebert"].tokenizer_inputs).module
+    batch = pad_batch([{"input_ids": [1, 2], "attention_mask": [1, 1], "token_type_ids": [0, 0]}], pad_id=0)
+    assert batch["attention_mask"].tolist() == [[1, 1, 0]]
+    with torch.no_grad():
+        torch.testing.assert_close(graph(**batch).logits, model(**batch).logits)
