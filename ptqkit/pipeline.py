@@ -254,10 +254,11 @@ def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -
 
 
 def mark_failed(record: dict, e: Exception) -> dict:
-    """Record a peer's or optional engine's failure on its report entry: status and a one-line reason."""
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else ""
-    record.update(status="failed", error=f"{type(e).__name__}: {first}"[:300])
+    """Record a peer's or optional engine's failure on its report entry: status and a one-line reason (OpenVINO's
+    messages start with source locations and checks; the reason is the first line after them)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("Exception from ", "Check '"))] or lines or [""]
+    record.update(status="failed", error=f"{type(e).__name__}: {reasons[0]}"[:300])
     for key in ("metrics", "agreement_with_fp32", "agreement_with_fakequant"):  # partial results are not results
         record.pop(key, None)
     return record
