@@ -263,7 +263,9 @@ def fit_labels(task: TaskData, num_labels: int, label2id: dict[str, int] | None)
             names = ", ".join(map(str, label2id or {})) or "none"
             raise UserError(f"label(s) {', '.join(map(repr, unknown[:5]))} of your files are not among the model's label "
                             f"names ({names}, from label2id in its config.json): write those names or class ids")
-        mapped = lambda es: [replace(e, label=ids[e.label.strip().lower()] if isinstance(e.label, str) else e.label) for e in es]  # noqa: E731
+        def mapped(examples: list[Example]) -> list[Example]:
+            return [replace(e, label=ids[e.label.strip().lower()]) if isinstance(e.label, str) else e for e in examples]
+
         return replace(task, train=mapped(task.train), validation=mapped(task.validation), num_labels=num_labels,
                        metrics=_class_metrics(num_labels))
     if num_labels > 1 and task.num_labels == 1 and all(float(v).is_integer() for v in labels):
