@@ -258,7 +258,7 @@ def fit_labels(task: TaskData, num_labels: int, label2id: dict[str, int] | None)
     labels = [e.label for e in task.train + task.validation]
     if any(isinstance(v, str) for v in labels):
         ids = {str(k).strip().lower(): int(v) for k, v in (label2id or {}).items()}
-        unknown = sorted({v for v in labels if isinstance(v, str) and v.strip().lower() not in ids})
+        unknown = sorted({v.strip().lower() for v in labels if isinstance(v, str) and v.strip().lower() not in ids})
         if unknown:
             names = ", ".join(map(str, label2id or {})) or "none"
             raise UserError(f"label(s) {', '.join(map(repr, unknown[:5]))} of your files are not among the model's label "
