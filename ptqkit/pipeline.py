@@ -12,7 +12,7 @@ from . import artifacts, peers, report, runtime
 from .backends import get_backend
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
-from .capture import example_inputs
+from .capture import example_inputs, model_input_names
 from .config import QuantConfig
 from .data import TaskData, calibration_batches, encode, load_task, train_holdout
 from .errors import UserError
@@ -38,6 +38,7 @@ class RunConfig:
     validation_file: str | None = None
     text_columns: tuple[str, ...] | None = None
     label_column: str | None = None
+    encoding: str = "utf-8"  # of the user's files
     output_dir: str = "artifacts"
     cache_dir: str | None = None
     eval_limit: int | None = None
@@ -74,18 +75,34 @@ class Loaded:
 
 
 def load(cfg: RunConfig) -> Loaded:
-    from .data import check_labels
+    from .data import check_labels, fit_labels
 
-    task = load_task(cfg.task, cfg.data_dir, cfg.train_file, cfg.validation_file, cfg.text_columns, cfg.label_column)
+    task = load_task(cfg.task, cfg.data_dir, cfg.train_file, cfg.validation_file, cfg.text_columns, cfg.label_column,
+                     cfg.encoding)
     model, tokenizer, name = load_model(cfg.model, task, cfg.cache_dir)
+    task = fit_labels(task, model.config.num_labels, model.config.label2id)
     check_labels(task, model.config.num_labels)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.max_seq_len > max_pos:
         raise UserError(f"--max-seq-len {cfg.max_seq_len} exceeds the model's {max_pos} positions; use <= {max_pos}")
     val = task.validation[: cfg.eval_limit] if cfg.eval_limit else task.validation
+    input_names = feed_inputs(model, tokenizer)
     features = encode(tokenizer, val, cfg.max_seq_len)
-    input_names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0])
     return Loaded(task, model, tokenizer, name, input_names, features, [e.label for e in val])
+
+
+def feed_inputs(model, tokenizer) -> tuple[str, ...]:
+    """The tokenizer outputs the model's forward takes; the tokenizer is set to emit only those from now on
+    (a BERT tokenizer saved with a DistilBERT or RoBERTa emits token types that model cannot take)."""
+    names = model_input_names(model, tokenizer.model_input_names)
+    if "input_ids" not in names:
+        raise UserError(f"the tokenizer emits {', '.join(tokenizer.model_input_names)} but a "
+                        f"{model.config.model_type} model needs input_ids: save the model's own tokenizer with it")
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the {model.config.model_type} model embeds only "
+                        f"{model.config.vocab_size}: save the tokenizer the model was trained with")
+    tokenizer.model_input_names = list(names)
+    return names
 
 
 @dataclass
@@ -131,13 +148,14 @@ def run(cfg: RunConfig) -> dict:
     ]
     for precision in ours:
         record = {"name": f"{backend.name}-{precision}", "engine": backend.name, "precision": precision}
+        if precision != ours[0]:  # an extra variant of the forced engine: reported as failed, never fatal
+            record["optional"] = True
         if precision in INT8_VARIANT_NOTES:
             record["note"] = INT8_VARIANT_NOTES[precision]
         variants.append(Variant(record, lambda t, p=precision: build_int8(t, p)))
     ours_int8 = [f"{backend.name}-{precision}" for precision in ours]  # the first one is the chosen variant
     if not cfg.skip_peers:
-        variants += [Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build)
-                     for p in build_peers(ld, paths["fp32_onnx"], calib, out_dir)]
+        variants += build_peers(ld, paths["fp32_onnx"], calib, out_dir)
     built = {v.record["name"]: built[v.record["name"]] for v in variants if v.record["name"] in built}
 
     fq_logits = None
@@ -150,29 +168,37 @@ def run(cfg: RunConfig) -> dict:
     for v in variants:
         if v.build is None:
             continue
-        runner = built.get(v.record["name"]) or v.build(threads)
-        built[v.record["name"]] = runner
-        evidence = runner.kernels()
-        v.record.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
-        if v.record["precision"].startswith("int8") and evidence.int8 == 0:
-            if not cfg.allow_no_int8:
-                raise RuntimeError(f"{v.record['engine']} ran {v.record['name']} without any int8 kernel ({evidence.details}); "
-                                   "refusing to report it as int8 (pass --allow-no-int8 to report it as such)")
-            v.record["note"] = "NO int8 kernels ran: the engine executed this model in floating point"
-        if cfg.bench_only:
-            continue
-        # Inductor compiles one graph per shape: evaluate it on batches padded to one length.
-        pad_to = cfg.max_seq_len if v.record["engine"] == "inductor" else None
-        logits = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, f"evaluating {v.record['name']}", pad_to)
-        v.record["metrics"] = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
-        if v.record["name"] == "pytorch-fp32":  # evaluated first: the reference for every other variant
-            fp32_logits = logits
-        else:
-            v.record["agreement_with_fp32"] = argmax_agreement(logits, fp32_logits)
-        if v.record["name"] in ours_int8:
-            v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
-        if v.record["name"] == ours_int8[0]:
-            write_host_check(ld, fq_logits, logits, ours_int8[0], out_dir)
+        try:
+            runner = built.get(v.record["name"]) or v.build(threads)
+            built[v.record["name"]] = runner
+            evidence = runner.kernels()
+            v.record.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
+            if v.record["precision"].startswith("int8") and evidence.int8 == 0:
+                if not cfg.allow_no_int8:
+                    raise RuntimeError(f"{v.record['engine']} ran {v.record['name']} without any int8 kernel ({evidence.details}); "
+                                       "refusing to report it as int8 (pass --allow-no-int8 to report it as such)")
+                v.record["note"] = "NO int8 kernels ran: the engine executed this model in floating point"
+            if cfg.bench_only:  # not evaluated: one call so that a failing engine shows before timing
+                runner(synthetic_inputs(cfg.bench.shapes[0], ld.model.config.vocab_size, ld.input_names))
+                continue
+            # Inductor compiles one graph per shape: evaluate it on batches padded to one length.
+            pad_to = cfg.max_seq_len if v.record["engine"] == "inductor" else None
+            logits = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, f"evaluating {v.record['name']}", pad_to)
+            v.record["metrics"] = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
+            if v.record["name"] == "pytorch-fp32":  # evaluated first: the reference for every other variant
+                fp32_logits = logits
+            else:
+                v.record["agreement_with_fp32"] = argmax_agreement(logits, fp32_logits)
+            if v.record["name"] in ours_int8:
+                v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
+            if v.record["name"] == ours_int8[0]:
+                write_host_check(ld, fq_logits, logits, ours_int8[0], out_dir)
+        except Exception as e:  # noqa: BLE001 - a peer or optional engine never takes the run down
+            if not (v.record.get("peer") or v.record.get("optional")):
+                raise
+            mark_failed(v.record, e)
+            v.build = None
+            built.pop(v.record["name"], None)
     if fq_logits is not None:
         variants[1].record["agreement_with_fp32"] = argmax_agreement(fq_logits, fp32_logits)
 
@@ -187,6 +213,8 @@ def run(cfg: RunConfig) -> dict:
                            "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
     if selection is not None:
         rep["backend_selection"] = selection.record
+    if ld.task.empty_texts:
+        rep["empty_texts"] = ld.task.empty_texts
     rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
     if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
         rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
@@ -248,17 +276,39 @@ def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], h
     return round(drop, 3)
 
 
-def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -> list[Peer]:
-    """NNCF int8 and OpenVINO bf16 (when OpenVINO is installed), ORT dynamic int8, PyTorch dynamic int8."""
+def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -> list[Variant]:
+    """NNCF int8 and OpenVINO bf16 (when OpenVINO is installed), ORT dynamic int8, PyTorch dynamic int8.
+
+    A peer that cannot be built is kept as a failed variant (not built, evaluated or timed) with its reason."""
     import importlib.util
 
-    found = []
+    makers: list[tuple[str, Callable[[], Peer]]] = []
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
-        found += [peers.nncf_int8(fp32_onnx, calib, out_dir), peers.openvino_bf16(fp32_onnx)]
+        makers += [("nncf-openvino-int8", lambda: peers.nncf_int8(fp32_onnx, calib, out_dir)),
+                   ("openvino-bf16", lambda: peers.openvino_bf16(fp32_onnx))]
     if importlib.util.find_spec("onnxruntime"):
-        found.append(peers.ort_dynamic_int8(fp32_onnx, out_dir))
-    found.append(peers.pytorch_dynamic_int8(ld.model, ld.input_names))
+        makers.append(("onnxruntime-dynamic-int8", lambda: peers.ort_dynamic_int8(fp32_onnx, out_dir)))
+    makers.append(("pytorch-dynamic-int8", lambda: peers.pytorch_dynamic_int8(ld.model, ld.input_names)))
+    found = []
+    for name, make in makers:
+        try:
+            p = make()
+        except Exception as e:  # noqa: BLE001 - a peer never takes the run down
+            found.append(Variant(mark_failed({"name": name, "peer": True}, e), None))
+            continue
+        found.append(Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build))
     return found
+
+
+def mark_failed(record: dict, e: Exception) -> dict:
+    """Record a peer's or optional engine's failure on its report entry: status and a one-line reason (OpenVINO's
+    messages start with source locations and checks; the reason is the first line after them)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("Exception from ", "Check '"))] or lines or [""]
+    record.update(status="failed", error=f"{type(e).__name__}: {reasons[0]}"[:300])
+    for key in ("metrics", "agreement_with_fp32", "agreement_with_fakequant"):  # partial results are not results
+        record.pop(key, None)
+    return record
 
 
 def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, dict]:
@@ -276,7 +326,8 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
         # In place on the float model: its outputs do not change, only where the range sits.
         steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
     q = Quantizer(device=cfg.device, backend=cfg.backend, config=config)
-    calib_model = q.calib(ld.model)
+    calib_model = q.calib(ld.model, ld.input_names)
+    steps["capture"] = q.captured_how
     q.weights_changed = bool(steps.get("smoothed"))  # the state must carry the smoothed weights
     run_calibration(calib_model, data, total=len(data))
     q.quantize()
@@ -354,7 +405,7 @@ def config_from_args(args) -> RunConfig:
         device=args.device, model=args.model, task=args.task, data_dir=args.data_dir,
         train_file=args.train_file, validation_file=args.validation_file,
         text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
-        label_column=args.label_column, output_dir=args.output_dir, cache_dir=args.cache_dir,
+        label_column=args.label_column, encoding=args.encoding, output_dir=args.output_dir, cache_dir=args.cache_dir,
         eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
         backend=args.backend, isa=None if getattr(args, "isa", "auto") == "auto" else args.isa, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", None),
         skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
@@ -386,7 +437,7 @@ def export_step(cfg: RunConfig) -> dict[str, Path]:
     check_backend_name(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    q = Quantizer.load(out_dir / "quant_state", ld.model)
+    q = Quantizer.load(out_dir / "quant_state", ld.model, ld.input_names)
     paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
     write_runtime_files(ld, cfg, out_dir)
     for name, path in paths.items():

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import artifacts
-from .capture import capture
+from .capture import CaptureError, capture
 from .config import QuantConfig
 from .errors import UserError
 from .observers import LSQQuantizer, NonFiniteInput, Observer
@@ -34,13 +34,19 @@ class Quantizer:
         self.points: list[QuantPoint] = []
         self.fallback_layers: list[str] = []
         self.graph: torch.fx.GraphModule | None = None  # the observed graph, shared by every mode
+        self.captured_how = ""  # how torch.export captured the graph (for the report)
         self.weights_changed = False  # set by qat() or smoothing: the graph's weights differ from the checkpoint
 
     # --- the workflow -------------------------------------------------------------------------------------
-    def calib(self, model: torch.nn.Module) -> torch.fx.GraphModule:
-        """Capture a copy of the model (QAT must not train the caller's weights) and insert observers;
-        run calibration batches through the returned graph."""
-        self.graph = capture(copy.deepcopy(model))
+    def calib(self, model: torch.nn.Module, input_names: tuple[str, ...] | None = None) -> torch.fx.GraphModule:
+        """Capture a copy of the model (QAT must not train the caller's weights) taking `input_names` (default:
+        every input its forward takes) and insert observers; run calibration batches through the returned graph."""
+        try:
+            captured = capture(copy.deepcopy(model), input_names)
+        except CaptureError as e:
+            kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+            raise UserError(f"model type {kind!r} cannot be quantized: {e}") from None
+        self.graph, self.captured_how = captured.module, captured.how
         self.points = find_quant_points(self.graph, self.config)
         if not self.points:
             raise UserError("nothing to quantize: every linear was excluded")
@@ -165,8 +171,8 @@ class Quantizer:
         artifacts.write_json(out / "quant_state.json", meta)
 
     @classmethod
-    def load(cls, directory: str | Path, model: torch.nn.Module) -> "Quantizer":
-        """Rebuild the observed graph for `model` and restore every observer's state."""
+    def load(cls, directory: str | Path, model: torch.nn.Module, input_names: tuple[str, ...] | None = None) -> "Quantizer":
+        """Rebuild the observed graph for `model` (taking `input_names`) and restore every observer's state."""
         d = Path(directory)
         try:
             meta = json.loads((d / "quant_state.json").read_text(encoding="utf-8"))
@@ -176,7 +182,7 @@ class Quantizer:
         if meta.get("version") != STATE_VERSION:
             raise UserError(f"quantization state in {d} has version {meta.get('version')}, expected {STATE_VERSION}; rerun calib.py")
         q = cls(config=QuantConfig.from_dict(meta["config"]), backend=meta.get("backend", "openvino"))
-        q.calib(model)
+        q.calib(model, input_names)
         names = [p.name for p in q.points]
         if names != [p["name"] for p in meta["points"]]:
             raise UserError(f"quantization state in {d} was made for a different model or config; rerun calib.py")

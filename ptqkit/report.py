@@ -40,6 +40,8 @@ def summary(rep: dict) -> str:
     for v in rep["variants"]:
         lines.append(f"***** eval results: {v['name']} *****")
         lines += [f"  {k} = {val:.4f}" for k, val in v.get("metrics", {}).items()]
+        if v.get("status") == "failed":
+            lines.append(f"  failed: {v['error']}")
     for v in (v for v in rep["variants"] if v.get("latency_ms")):
         cells = ", ".join(f"{r['batch']}x{r['seq_len']}/{r['threads']}t {r['median']:.2f} ms" for r in v.get("latency_ms", []))
         lines.append(f"{v['name']} avg ms (median): {cells}")
@@ -77,6 +79,8 @@ def markdown(rep: dict) -> str:
              f"Versions: {', '.join(f'{k} {v}' for k, v in rep['versions'].items())}.", ""]
     if rep.get("note"):
         lines += [f"**Note:** {rep['note']}", ""]
+    if rep.get("quantization", {}).get("capture"):
+        lines += [f"Captured with torch.export: {rep['quantization']['capture']}.", ""]
     sel = rep.get("backend_selection")
     if sel:
         lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", "",
@@ -119,6 +123,11 @@ def markdown(rep: dict) -> str:
         for v in with_kernels:
             details = ", ".join(f"{k}: {n}" for k, n in sorted(v.get("kernel_details", {}).items()))
             lines.append(f"| {_label(v)} | {v['int8_kernels']} | {v['fp32_kernels']} | {v.get('other_kernels', 0)} | {details} |")
+        lines.append("")
+    failed = [v for v in rep["variants"] if v.get("status") == "failed"]
+    if failed:
+        lines += ["## Failed (not evaluated or timed)", "", "| variant | reason |", "|---|---|"]
+        lines += [f"| {_label(v)} | {v['error'].replace('|', '/')} |" for v in failed]
         lines.append("")
     return "\n".join(lines)
 

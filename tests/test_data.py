@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ptqkit.data import (DEFAULT_TASK, Example, TaskData, check_labels, encode, load_rotten_tomatoes, load_task,
+from ptqkit.data import (DEFAULT_TASK, Example, TaskData, check_labels, encode, fit_labels, load_rotten_tomatoes, load_task,
                          pad_batch)
 from ptqkit.errors import UserError
 
@@ -243,9 +243,28 @@ def test_user_unsupported_suffix(tmp_path):
 
 
 def test_user_missing_label_column_lists_columns(tmp_path):
-    train = write_csv(tmp_path / "train.csv", "sentence,target\na,1\n")
-    with pytest.raises(UserError, match=r"no label column 'label' \(columns found: sentence, target\).*--label-column"):
+    train = write_csv(tmp_path / "train.csv", "sentence,y\na,1\n")
+    with pytest.raises(UserError, match=r"no label column \(looked for label, labels, sentiment.*\) \(columns found: sentence, y\).*--label-column"):
         load_task(train_file=train, validation_file=train)
+    with pytest.raises(UserError, match=r"no label column 'stars' \(columns found: sentence, y\)"):
+        load_task(train_file=train, validation_file=train, label_column="stars")
+
+
+@pytest.mark.parametrize("header, text, label", [
+    ("review,sentiment", "review", "sentiment"), ("id,content,target", "content", "target"),
+    ("labels,comment", "comment", "labels"), ("class,tweet,extra", "tweet", "class"),
+])
+def test_user_common_column_names_are_detected(tmp_path, header, text, label):
+    columns = header.split(",")
+    row = ",".join("1" if c == label else ("good film" if c == text else "x") for c in columns)
+    train = write_csv(tmp_path / "train.csv", f"{header}\n{row}\n")
+    task = load_task(train_file=train, validation_file=train)
+    assert task.train == [Example("good film", 0)]
+
+
+def test_user_premise_hypothesis_pair_is_detected(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "hypothesis,premise,label\nh,p,1\n")
+    assert load_task(train_file=train, validation_file=train).train == [Example("p", 0, "h")]
 
 
 def test_user_missing_text_columns(tmp_path):
@@ -277,9 +296,62 @@ def test_user_empty_split(tmp_path):
 
 
 def test_user_labels_must_parse(tmp_path):
-    train = write_csv(tmp_path / "train.csv", "sentence,label\na,1\nb,positive\n")
-    with pytest.raises(UserError, match=r"row 2: label 'positive' is not a number"):
+    train = write_csv(tmp_path / "train.csv", "sentence,label\na,1\nb,\n")
+    with pytest.raises(UserError, match=r"row 2: label '' is neither a number nor a label name"):
         load_task(train_file=train, validation_file=train)
+
+
+LABEL2ID = {"NEGATIVE": 0, "POSITIVE": 1}
+
+
+def test_user_string_labels_map_through_label2id(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "text,sentiment\ngreat,positive\nawful, Negative \nfine,POSITIVE\n")
+    val = write_csv(tmp_path / "val.csv", "text,sentiment\nok,positive\n")
+    task = fit_labels(load_task(train_file=train, validation_file=val), 2, LABEL2ID)
+    assert [e.label for e in task.train] == [1, 0, 1] and task.validation == [Example("ok", 1)]
+    assert task.num_labels == 2 and task.metrics == ("accuracy", "f1")
+    check_labels(task, 2)
+
+
+def test_user_string_labels_unknown_to_the_model(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "text,label\ngreat,positive\nawful,negative\n")
+    task = load_task(train_file=train, validation_file=train)
+    with pytest.raises(UserError, match=r"label\(s\) 'negative', 'positive' .*not among the model's label names "
+                                        r"\(LABEL_0, LABEL_1, from label2id"):
+        fit_labels(task, 2, {"LABEL_0": 0, "LABEL_1": 1})
+    with pytest.raises(UserError, match="label 'positive' is outside 0..1"):  # unmapped names never pass
+        check_labels(task, 2)
+
+
+def test_user_integral_float_labels_are_class_ids_for_a_classifier(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "sentence,label\na,1.0\nb,0.0\nc,1.0\n")
+    task = load_task(train_file=train, validation_file=train)
+    assert task.num_labels == 1  # on their own they read as scores
+    as_classes = fit_labels(task, 2, LABEL2ID)
+    assert [e.label for e in as_classes.train] == [1, 0, 1] and as_classes.num_labels == 2
+    assert fit_labels(task, 1, {}) is task  # a regression model keeps the scores
+    mixed = write_csv(tmp_path / "mixed.csv", "sentence,label\na,0.5\nb,1.0\n")
+    assert fit_labels(load_task(train_file=mixed, validation_file=mixed), 2, LABEL2ID).num_labels == 1
+
+
+def test_user_latin1_file_needs_encoding(tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_bytes("sentence,label\ncaf\xe9 cr\xe8me,1\nna\xefve,0\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"train\.csv is not utf-8 text \(byte 0xe9 .*--encoding latin-1") as info:
+        load_task(train_file=str(train), validation_file=str(train))
+    assert "\n" not in str(info.value)
+    task = load_task(train_file=str(train), validation_file=str(train), encoding="latin-1")
+    assert task.train[0] == Example("caf\xe9 cr\xe8me", 1)
+    with pytest.raises(UserError, match="--encoding klingon: unknown text encoding"):
+        load_task(train_file=str(train), validation_file=str(train), encoding="klingon")
+
+
+def test_user_empty_texts_are_counted(tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", 'sentence,label\n"",1\n"  ",0\nfine,1\n')
+    val = write_csv(tmp_path / "val.csv", "sentence,label\nok,1\n")
+    task = load_task(train_file=train, validation_file=val)
+    assert task.empty_texts == {"train": 2} and len(task.train) == 3
+    assert "warning: 2 train example(s) have empty text" in capsys.readouterr().err
 
 
 def test_user_validation_label_unseen_in_train(tmp_path):

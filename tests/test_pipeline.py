@@ -120,3 +120,57 @@ def test_smoothquant_state_reloads_onto_checkpoint(user_cfg: RunConfig, tmp_path
     checkpoint = load(user_cfg).model  # unsmoothed weights, as export.py would load them
     with torch.no_grad():
         assert torch.equal(Quantizer.load(tmp_path / "state", checkpoint).quantize()(**batch).logits, expected)
+
+
+class _FailingRunner:
+    """An engine that compiles but raises on inference, as OpenVINO did inside NNCF's DeBERTa-v2 model."""
+
+    input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __call__(self, inputs):
+        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp:189:\nCheck '::getPort(port, name, "
+                           "{...})' failed at src/inference/src/cpp/infer_request.cpp:191:\nPort for tensor name x was "
+                           "not found.\n\n")
+
+    def kernels(self):
+        from ptqkit.backends.base import KernelEvidence
+
+        return KernelEvidence(int8=1)
+
+
+def test_failing_peers_are_reported_and_the_rest_still_runs(user_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+    from ptqkit import peers
+
+    def nncf_raises(*args, **kwargs):
+        raise ValueError("NNCF cannot quantize this graph\nwith a long traceback")
+
+    monkeypatch.setattr(peers, "nncf_int8", nncf_raises)
+    monkeypatch.setattr(peers, "openvino_bf16", lambda onnx: peers.Peer("openvino-bf16", "openvino", "bf16",
+                                                                        lambda t: _FailingRunner()))
+    val = tmp_path / "val.csv"  # with an empty text: counted in the report, not silently passed
+    val.write_text(Path(user_cfg.validation_file).read_text() + '"",1\n')
+    rep = run(replace(user_cfg, skip_peers=False, output_dir=str(tmp_path), validation_file=str(val)))
+    assert rep["empty_texts"] == {"validation": 1} and rep["eval_examples"] == 41
+    by_name = {v["name"]: v for v in rep["variants"]}
+    assert by_name["nncf-openvino-int8"]["status"] == "failed"
+    assert by_name["nncf-openvino-int8"]["error"] == "ValueError: NNCF cannot quantize this graph"
+    assert by_name["openvino-bf16"]["error"] == "RuntimeError: Port for tensor name x was not found."
+    for name in ("nncf-openvino-int8", "openvino-bf16"):
+        assert "metrics" not in by_name[name] and "latency_ms" not in by_name[name]
+    for name in ("pytorch-fp32", "openvino-int8", "onnxruntime-dynamic-int8", "pytorch-dynamic-int8"):
+        assert "metrics" in by_name[name] and by_name[name]["latency_ms"], name
+        assert "status" not in by_name[name]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Failed" in md and "| nncf-openvino-int8 (peer) | ValueError: NNCF cannot quantize this graph |" in md
+    assert json.loads((tmp_path / "report.json").read_text()) == rep
+
+
+def test_own_int8_failure_still_fails_the_run(user_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+    """Only peers and optional engines are isolated: our own int8 failing is the run failing."""
+    from ptqkit.backends.openvino import OpenVINOBackend
+
+    compile_ = OpenVINOBackend.compile
+    monkeypatch.setattr(OpenVINOBackend, "compile", lambda self, path, t, precision="fp32": _FailingRunner()
+                        if precision == "int8" else compile_(self, path, t, precision))
+    with pytest.raises(RuntimeError, match="Port for tensor name x"):
+        run(replace(user_cfg, output_dir=str(tmp_path)))

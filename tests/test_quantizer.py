@@ -45,7 +45,7 @@ def bert():
 @pytest.fixture(scope="module")
 def bert_graph(bert):
     """A plain captured graph (no observers) for point-finding tests."""
-    return capture(bert)
+    return capture(bert).module
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def _roberta():
     torch.manual_seed(0)
     return RobertaForSequenceClassification(RobertaConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=66, pad_token_id=1, num_labels=2, attn_implementation="eager")).eval()
+        max_position_embeddings=66, pad_token_id=1, type_vocab_size=1, num_labels=2, attn_implementation="eager")).eval()
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta"])
@@ -106,7 +106,7 @@ def test_capture_other_families(family):
     model = _distilbert() if family == "distilbert" else _roberta()
     names = model_input_names(model)
     assert names == ("input_ids", "attention_mask")
-    graph = capture(model)
+    graph = capture(model).module
     _check_dynamic(model, graph, names)
     points = find_quant_points(graph, QuantConfig.for_device("x86"))
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

@@ -1,0 +1,137 @@
+"""Which BERT-family model types go through the library path, checked on tiny random classifiers.
+
+Used by tools/support_table.py (the README's support table) and by the tests: each type is built from a tiny
+config, fed the inputs its own tokenizer emits, captured, calibrated, exported as QDQ ONNX and run on OpenVINO;
+the check counts int8 kernels and compares OpenVINO's logits with the torch fake-quant graph's.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .capture import example_inputs, model_input_names
+from .errors import UserError
+
+BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+NO_TOKEN_TYPES = ("input_ids", "attention_mask")
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+_ROBERTA = dict(_SMALL, type_vocab_size=1)  # as in the released RoBERTa-family checkpoints
+# DeBERTa-v3 checkpoints: relative attention with shared keys, no absolute positions, one segment type.
+_DEBERTA_V3 = dict(relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"],
+                   norm_rel_ebd="layer_norm", share_att_key=True, position_buckets=256, max_relative_positions=-1,
+                   type_vocab_size=0)
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """A tiny stand-in for one model type: its config and what its own tokenizer emits."""
+
+    name: str
+    config_class: str
+    config: dict
+    tokenizer_inputs: tuple[str, ...]
+    max_positions: int = 512
+
+
+MODEL_TYPES = (
+    ModelType("bert", "BertConfig", _SMALL, BERT_INPUTS),
+    ModelType("distilbert", "DistilBertConfig", dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64), NO_TOKEN_TYPES),
+    ModelType("roberta", "RobertaConfig", _ROBERTA, NO_TOKEN_TYPES, 514),
+    ModelType("xlm-roberta", "XLMRobertaConfig", _ROBERTA, NO_TOKEN_TYPES, 514),
+    ModelType("camembert", "CamembertConfig", _ROBERTA, NO_TOKEN_TYPES, 514),
+    ModelType("electra", "ElectraConfig", dict(_SMALL, embedding_size=16), BERT_INPUTS),
+    ModelType("albert", "AlbertConfig", dict(_SMALL, embedding_size=16), BERT_INPUTS),
+    ModelType("mpnet", "MPNetConfig", _SMALL, NO_TOKEN_TYPES, 514),
+    ModelType("mobilebert", "MobileBertConfig", dict(_SMALL, embedding_size=16, intra_bottleneck_size=16,
+                                                     true_hidden_size=16, num_feedforward_networks=2), BERT_INPUTS),
+    ModelType("deberta-v2", "DebertaV2Config", dict(_SMALL, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                    conv_kernel_size=3, position_buckets=256), BERT_INPUTS),
+    ModelType("deberta-v3", "DebertaV2Config", dict(_SMALL, **_DEBERTA_V3), BERT_INPUTS),
+)
+TYPES = {t.name: t for t in MODEL_TYPES}
+
+
+def tiny_classifier(name: str, vocab_size: int = 100, seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
+    """A seeded 2-layer random classifier (2 labels, eager attention) of model type `name`.
+
+    The last linear is scaled up so that random-weight logits vary with the input (argmax agreement means
+    something); real checkpoints need no such help."""
+    import transformers
+
+    t = TYPES[name]
+    config = getattr(transformers, t.config_class)(vocab_size=vocab_size, max_position_embeddings=t.max_positions,
+                                                   num_labels=2, **t.config)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(classifier_gain)
+    return model
+
+
+def random_batch(model: torch.nn.Module, names: tuple[str, ...], n: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random ids; odd rows padded over their last quarter; token types 1 over the second half."""
+    g = torch.Generator().manual_seed(seed)
+    batch = example_inputs(model, names, n, seq)
+    batch["input_ids"] = torch.randint(5, model.config.vocab_size, (n, seq), generator=g)
+    if "attention_mask" in names:
+        batch["attention_mask"][1::2, seq * 3 // 4:] = 0
+    if "token_type_ids" in names:
+        batch["token_type_ids"][:, seq // 2:] = 1
+    return batch
+
+
+@dataclass
+class Support:
+    """One model type's outcome on the library path."""
+
+    model_type: str
+    inputs: tuple[str, ...] = ()
+    captured: str = ""
+    linears: int = 0  # quantized linear calls in the graph (a module called twice counts twice)
+    linear_modules: int = 0
+    int8_kernels: int = 0
+    agreement: float = 0.0  # argmax agreement of OpenVINO int8 with the torch fake-quant graph
+    max_rel_error: float = 0.0  # max |OpenVINO - fake-quant| logit error over the largest fake-quant logit
+    error: str = ""  # the one-line reason where the type failed
+
+
+def check_model_type(name: str, work_dir: str | Path | None = None, samples: int = 64) -> Support:
+    """capture -> calibrate -> QDQ export -> OpenVINO int8 on a tiny random `name` classifier."""
+    from .backends.openvino import OpenVINOBackend
+    from .config import QuantConfig
+    from .export import export_onnx, fakequant_eager
+    from .quantizer import Quantizer, run_calibration
+
+    from transformers import AutoModelForSequenceClassification
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:  # a user's model arrives through save_pretrained
+        tiny_classifier(name).save_pretrained(tmp)
+        model = AutoModelForSequenceClassification.from_pretrained(tmp, attn_implementation="eager").eval()
+    result = Support(name, model_input_names(model, TYPES[name].tokenizer_inputs))
+    names = result.inputs
+    try:
+        # min-max: this checks capture and lowering, not calibration quality (entropy takes seconds per type)
+        q = Quantizer(config=QuantConfig.for_device("x86").with_calib_method("minmax"))
+        run_calibration(q.calib(model, names), [random_batch(model, names, 8, 16, 100 + i) for i in range(2)])
+        graph = q.quantize()
+    except UserError as e:
+        result.error = str(e)
+        return result
+    result.captured, result.linears = q.captured_how, len(q.points)
+    result.linear_modules = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    batch = random_batch(model, names, samples, 24, 7)
+    with torch.no_grad():
+        expected = graph(**batch).logits.numpy()
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        onnx = export_onnx(fakequant_eager(model, q), names, example_inputs(model, names, 1, 32), Path(tmp) / "int8.onnx")
+        runner = OpenVINOBackend().compile(onnx, 1, "int8")
+        got = runner({k: v.numpy() for k, v in batch.items()})
+    result.int8_kernels = runner.kernels().int8
+    result.agreement = round(float((got.argmax(-1) == expected.argmax(-1)).mean()), 4)
+    result.max_rel_error = round(float(np.abs(got - expected).max() / np.abs(expected).max()), 4)
+    return result
