@@ -15,7 +15,7 @@ from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
 from .config import QuantConfig
 from .data import TaskData, calibration_batches, encode, load_task, train_holdout
-from .errors import UserError
+from .errors import UserError, one_line
 from .evaluation import evaluate, predict_logits
 from .export import export_onnx, export_torchscript, fakequant_eager
 from .models import load_model
@@ -301,11 +301,8 @@ def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -
 
 
 def mark_failed(record: dict, e: Exception) -> dict:
-    """Record a peer's or optional engine's failure on its report entry: status and a one-line reason (OpenVINO's
-    messages start with source locations and checks; the reason is the first line after them)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    reasons = [line for line in lines if not line.startswith(("Exception from ", "Check '"))] or lines or [""]
-    record.update(status="failed", error=f"{type(e).__name__}: {reasons[0]}"[:300])
+    """Record a peer's or optional engine's failure on its report entry: status and a one-line reason."""
+    record.update(status="failed", error=one_line(e))
     for key in ("metrics", "agreement_with_fp32", "agreement_with_fakequant"):  # partial results are not results
         record.pop(key, None)
     return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from .bench import BenchConfig
+from .selection import describe
 from .sysinfo import cpu_info, versions
 
 
@@ -34,9 +35,7 @@ def summary(rep: dict) -> str:
     sel = rep.get("backend_selection")
     if sel:
         lines.append(f"--backend auto chose {sel['chosen']}: {sel['reason']}")
-        lines += [f"  candidate {r['name']}: {r['median_ms']:.2f} ms (engine fp32 {r['engine_fp32_ms']:.2f} ms), agreement with "
-                  f"fake-quant {r['agreement_with_fakequant']:.4f}, {'eligible' if r['eligible'] else 'not eligible'}"
-                  for r in sel["candidates"]]
+        lines += [f"  candidate {describe(r)}" for r in sel["candidates"]]
     for v in rep["variants"]:
         lines.append(f"***** eval results: {v['name']} *****")
         lines += [f"  {k} = {val:.4f}" for k, val in v.get("metrics", {}).items()]
@@ -86,7 +85,8 @@ def markdown(rep: dict) -> str:
         lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", "",
                   f"| candidate | ms ({sel['shape']}, {sel['threads']}t, {sel['rounds']} rounds) | engine fp32 ms | "
                   "agreement with fake-quant | int8 kernels | eligible |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['median_ms']:.2f} | {r['engine_fp32_ms']:.2f} | {r['agreement_with_fakequant']:.4f} | "
+        lines += [f"| {r['name']} | failed: {r['error']} | | | | no |" if r.get("status") == "failed" else
+                  f"| {r['name']} | {r['median_ms']:.2f} | {r['engine_fp32_ms']:.2f} | {r['agreement_with_fakequant']:.4f} | "
                   f"{r['int8_kernels']} | {'yes' if r['eligible'] else 'no'} |" for r in sel["candidates"]]
         lines.append("")
     metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends import get_backend
+from .errors import one_line
 from .bench import BenchConfig, Shape, synthetic_inputs, time_interleaved
 from .evaluation import predict_logits
 
@@ -47,6 +48,15 @@ def least_confident(logits: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.argsort(top2[:, 1] - top2[:, 0], kind="stable")[:n])
 
 
+def describe(candidate: dict) -> str:
+    """One candidate of a selection record in words (summary, README results)."""
+    if candidate.get("status") == "failed":
+        return f"{candidate['name']} failed ({candidate['error']})"
+    return (f"{candidate['name']} {candidate['median_ms']:.2f} ms (engine fp32 {candidate['engine_fp32_ms']:.2f} ms), "
+            f"agreement with fake-quant {candidate['agreement_with_fakequant']:.4f}"
+            f"{'' if candidate['eligible'] else ', not eligible'}")
+
+
 def installed_engines() -> list[str]:
     return [name for name in AUTO_ENGINES if importlib.util.find_spec(name) is not None]
 
@@ -57,16 +67,30 @@ def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Seque
     """Compile fp32 and every int8 variant on each installed engine, check agreement, time interleaved, choose."""
     runners: dict[str, object] = {}
     rows: list[dict] = []
+    failed: list[dict] = []
     for name in installed_engines():
         engine = get_backend(name)
-        runners[f"{name}-fp32"] = engine.compile(paths["fp32_onnx"], threads, "fp32")
+        try:
+            runners[f"{name}-fp32"] = engine.compile(paths["fp32_onnx"], threads, "fp32")
+        except Exception as e:  # noqa: BLE001 - an engine that fails is a candidate less, not a failed run
+            failed += [{"name": f"{name}-{p}", "engine": name, "precision": p, "status": "failed", "error": one_line(e)}
+                       for p in engine.int8_variants]
+            continue
         for precision in engine.int8_variants:
             variant = f"{name}-{precision}"
-            runner = runners[variant] = engine.compile(paths["int8_onnx"], threads, precision)
-            logits = predict_logits(runner, features, batch_size, pad_id, desc=f"checking {variant}")
+            try:
+                runner = engine.compile(paths["int8_onnx"], threads, precision)
+                logits = predict_logits(runner, features, batch_size, pad_id, desc=f"checking {variant}")
+            except Exception as e:  # noqa: BLE001 - as above
+                failed.append({"name": variant, "engine": name, "precision": precision, "status": "failed", "error": one_line(e)})
+                continue
+            runners[variant] = runner
             agreement = float((logits.argmax(-1) == fq_logits.argmax(-1)).mean())
             rows.append({"name": variant, "engine": name, "precision": precision, "agreement_with_fakequant": round(agreement, 4),
                          "int8_kernels": runner.kernels().int8})
+    if not rows:
+        raise RuntimeError("--backend auto: no engine could run our int8 model: "
+                           + "; ".join(f"{r['name']}: {r['error']}" for r in failed))
     inputs = synthetic_inputs(shape, vocab_size, input_names)
     medians = {n: float(np.median(s)) for n, s in time_interleaved(runners, inputs, TIMING).items()}
     for row in rows:
@@ -84,5 +108,5 @@ def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Seque
         reason = ("no candidate met every condition (agreement >= {MIN_AGREEMENT}, int8 kernels, faster than its engine's "
                   "fp32): kept the most faithful one").format(MIN_AGREEMENT=MIN_AGREEMENT)
     record = {"chosen": best["name"], "reason": reason, "agreement_data": f"{len(features)} {agreement_data}",
-              "shape": str(shape), "threads": threads, "rounds": TIMING.rounds, "candidates": rows}
+              "shape": str(shape), "threads": threads, "rounds": TIMING.rounds, "candidates": rows + failed}
     return Selection(get_backend(best["engine"]), best["precision"], runners, record)

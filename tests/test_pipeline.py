@@ -149,7 +149,7 @@ def test_failing_peers_are_reported_and_the_rest_still_runs(user_cfg: RunConfig,
                                                                         lambda t: _FailingRunner()))
     val = tmp_path / "val.csv"  # with an empty text: counted in the report, not silently passed
     val.write_text(Path(user_cfg.validation_file).read_text() + '"",1\n')
-    rep = run(replace(user_cfg, skip_peers=False, output_dir=str(tmp_path), validation_file=str(val)))
+    rep = run(replace(user_cfg, skip_peers=False, output_dir=str(tmp_path), validation_file=str(val), backend="openvino"))
     assert rep["empty_texts"] == {"validation": 1} and rep["eval_examples"] == 41
     by_name = {v["name"]: v for v in rep["variants"]}
     assert by_name["nncf-openvino-int8"]["status"] == "failed"
@@ -173,4 +173,20 @@ def test_own_int8_failure_still_fails_the_run(user_cfg: RunConfig, tmp_path: Pat
     monkeypatch.setattr(OpenVINOBackend, "compile", lambda self, path, t, precision="fp32": _FailingRunner()
                         if precision == "int8" else compile_(self, path, t, precision))
     with pytest.raises(RuntimeError, match="Port for tensor name x"):
-        run(replace(user_cfg, output_dir=str(tmp_path)))
+        run(replace(user_cfg, output_dir=str(tmp_path), backend="openvino"))  # forced: our int8 is this engine's
+
+
+def test_auto_survives_a_failing_engine(user_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+    """--backend auto: an engine that cannot run our int8 is a failed candidate; another engine is chosen."""
+    from ptqkit.backends.openvino import OpenVINOBackend
+
+    compile_ = OpenVINOBackend.compile
+    monkeypatch.setattr(OpenVINOBackend, "compile", lambda self, path, t, precision="fp32": _FailingRunner()
+                        if precision.startswith("int8") else compile_(self, path, t, precision))
+    rep = run(replace(user_cfg, output_dir=str(tmp_path)))
+    sel = rep["backend_selection"]
+    assert sel["chosen"] == "onnxruntime-int8"
+    failed = {c["name"]: c for c in sel["candidates"] if c.get("status") == "failed"}
+    assert set(failed) == {"openvino-int8", "openvino-int8-bf16"}
+    assert failed["openvino-int8"]["error"] == "RuntimeError: Port for tensor name x was not found."
+    assert "metrics" in {v["name"]: v for v in rep["variants"]}["onnxruntime-int8"]

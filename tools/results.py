@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ptqkit import artifacts  # noqa: E402
+from ptqkit.selection import describe  # noqa: E402
 from ptqkit.sysinfo import ARM_INT8_ISAS, X86_INT8_ISAS  # noqa: E402
 
 RESULTS = REPO / "results"
@@ -59,9 +60,7 @@ def table(rep: dict) -> str:
              f"`{rep.get('command', 'bert_ptq.py')}`; {versions}; {rep['eval_examples']} validation sentences; "
              f"median ms of {rep['bench']['rounds']} interleaved rounds.", ""]
     if sel:
-        lines += [f"`--backend auto` chose **{sel['chosen']}**: " + "; ".join(
-            f"{c['name']} {c['median_ms']:.2f} ms (engine fp32 {c['engine_fp32_ms']:.2f}), agreement {c['agreement_with_fakequant']:.3f}"
-            f"{'' if c['eligible'] else ', not eligible'}" for c in sel["candidates"]) + ".", ""]
+        lines += [f"`--backend auto` chose **{sel['chosen']}**: " + "; ".join(describe(c) for c in sel["candidates"]) + ".", ""]
     head = " | ".join(f"{b}x{s} {t}t" for b, s, t in cells)
     lines += [f"| variant | accuracy | agreement with fp32 | int8 kernels | {head} |", "|---|---|---|---|" + "---|" * len(cells)]
     for v in timed:
