@@ -127,14 +127,17 @@ with open(tmp, "w") as f:
     json.dump(rep, f, indent=2)
     f.write("\n")
 os.replace(tmp, dst)
-print(f"{'engine':12s} {'int8 kernels':>12s} {'agreement':>9s}  kernels")
+cpu = rep["cpu"]
+print(f"emulated CPU: {cpu.get('machine')} (QEMU_CPU={cpu.get('qemu_cpu')}, MIDR implementer {cpu.get('implementer')} "
+      f"part {cpu.get('part')}; int8 features: {' '.join(cpu.get('int8_features', []))}), {qemu}")
+print(f"| engine | int8 kernels in its runtime graph | agreement with host fake-quant ({rep['sentences']} sentences) | passed |")
+print("|---|---|---|---|")
 for name, e in rep["engines"].items():
     if "error" in e:
-        print(f"{name:12s} failed: {e['error']}")
+        print(f"| {name} | failed: {e['error']} | | no |")
     else:
-        print(f"{name:12s} {e['int8_kernels']:12d} {e['agreement_with_host']:9.3f}  {e['kernel_details']}")
-print(f"cpu: {rep['cpu'].get('machine')} implementer {rep['cpu'].get('implementer')} part {rep['cpu'].get('part')}, "
-      f"int8 features {rep['cpu'].get('int8_features')}, QEMU_CPU={rep['cpu'].get('qemu_cpu')}")
+        kernels = ", ".join(f"{k} {v}" for k, v in e["kernel_details"].items())
+        print(f"| {name} | {e['int8_kernels']} ({kernels}) | {e['agreement_with_host']:.3f} | {'yes' if e['passed'] else 'no'} |")
 print("passed" if rep["passed"] else "FAILED", f"(every engine: int8 kernels > 0 and agreement >= {rep['min_agreement']})")
 PY
 step "wrote $ART/arm64_report.json"
