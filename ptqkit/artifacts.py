@@ -29,6 +29,12 @@ def ensure_output_dir(path: str | Path) -> Path:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on any failure delete it.
@@ -40,6 +46,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artefacts are copied to and read by other users
         yield Path(tmp)
         os.replace(tmp, target)
     except OSError as e:
@@ -57,6 +64,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temp dir beside `path`; on success it replaces `path` (old contents dropped), else it is deleted."""
     target = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     old = target.with_name(f".{target.name}.old")
     try:
         yield tmp

@@ -155,3 +155,10 @@ def test_arm64_check_rejects_a_dir_without_runtime_files(tmp_path: Path) -> None
                           timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "lacks runtime.json or host_check.json" in proc.stderr
+
+
+def test_artefacts_are_readable_by_other_users(artefacts) -> None:
+    """A service user on the target must read what root wrote on the host (mkstemp alone makes 0600)."""
+    out, _ = artefacts
+    for path in (out / "runtime.json", out / "host_check.json", out / "model_int8_qdq.onnx", out / "tokenizer"):
+        assert path.stat().st_mode & 0o004, path

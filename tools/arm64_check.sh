@@ -11,7 +11,7 @@
 # under emulation); later runs reuse it.
 # Knobs: PTQKIT_ARM64_ROOT (cache dir, default /var/cache/ptqkit-arm64), QEMU_CPU (default max,sme=off: SVE and
 # i8mm without SME, whose kernels OpenVINO picks and qemu gets wrong), PTQKIT_ARM64_MIRROR (Debian mirror),
-# PYTHON (host Python with pip, default python3).
+# PYTHON (host Python with pip, default python3), PTQKIT_ARM64_ENGINES (default openvino,onnxruntime).
 set -euo pipefail
 
 die() { echo "arm64_check: $*" >&2; exit 2; }
@@ -29,6 +29,7 @@ MIRROR=${PTQKIT_ARM64_MIRROR:-http://deb.debian.org/debian}
 PY=${PYTHON:-python3}
 SUITE=trixie  # Debian 13: CPython 3.13, which the engines' aarch64 wheels cover
 VENV=/opt/ptqkit-venv
+ENGINES=${PTQKIT_ARM64_ENGINES:-openvino,onnxruntime}
 
 [ "$(id -u)" -eq 0 ] || die "needs root (apt-get, binfmt_misc, mounts, chroot); rerun as root"
 [ "$(uname -m)" = x86_64 ] || die "emulates arm64 on an x86_64 host; on an ARM machine run: python predict.py $1 --check --engine openvino,onnxruntime"
@@ -107,12 +108,12 @@ if [ "$(cat "$ROOT$VENV/.ptqkit-runtime" 2>/dev/null)" != "$STAMP" ]; then
   echo "$STAMP" >"$ROOT$VENV/.ptqkit-runtime"
 fi
 
-step "predict.py --check on openvino and onnxruntime inside the guest (QEMU_CPU=$CPU)"
+step "predict.py --check on $ENGINES inside the guest (QEMU_CPU=$CPU)"
 OUT=$(mktemp -d "$BASE/out.XXXXXX")
 trap 'rm -rf "$OUT"' EXIT
 export BINDS="$BINDS $ART:/mnt/artefacts:ro $OUT:/mnt/out"
 set +e
-guest python /opt/ptqkit/predict.py /mnt/artefacts --check --engine openvino,onnxruntime --threads 1 \
+guest python /opt/ptqkit/predict.py /mnt/artefacts --check --engine "$ENGINES" --threads 1 \
   --report /mnt/out/arm64_report.json >"$BASE/logs/check.log" 2>&1
 rc=$?
 set -e
@@ -127,14 +128,17 @@ with open(tmp, "w") as f:
     json.dump(rep, f, indent=2)
     f.write("\n")
 os.replace(tmp, dst)
-print(f"{'engine':12s} {'int8 kernels':>12s} {'agreement':>9s}  kernels")
+cpu = rep["cpu"]
+print(f"emulated CPU: {cpu.get('machine')} (QEMU_CPU={cpu.get('qemu_cpu')}, MIDR implementer {cpu.get('implementer')} "
+      f"part {cpu.get('part')}; int8 features: {' '.join(cpu.get('int8_features', []))}), {qemu}")
+print(f"| engine | int8 kernels in its runtime graph | agreement with host fake-quant ({rep['sentences']} sentences) | passed |")
+print("|---|---|---|---|")
 for name, e in rep["engines"].items():
     if "error" in e:
-        print(f"{name:12s} failed: {e['error']}")
+        print(f"| {name} | failed: {e['error']} | | no |")
     else:
-        print(f"{name:12s} {e['int8_kernels']:12d} {e['agreement_with_host']:9.3f}  {e['kernel_details']}")
-print(f"cpu: {rep['cpu'].get('machine')} implementer {rep['cpu'].get('implementer')} part {rep['cpu'].get('part')}, "
-      f"int8 features {rep['cpu'].get('int8_features')}, QEMU_CPU={rep['cpu'].get('qemu_cpu')}")
+        kernels = ", ".join(f"{k} {v}" for k, v in e["kernel_details"].items())
+        print(f"| {name} | {e['int8_kernels']} ({kernels}) | {e['agreement_with_host']:.3f} | {'yes' if e['passed'] else 'no'} |")
 print("passed" if rep["passed"] else "FAILED", f"(every engine: int8 kernels > 0 and agreement >= {rep['min_agreement']})")
 PY
 step "wrote $ART/arm64_report.json"
