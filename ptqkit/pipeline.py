@@ -46,6 +46,7 @@ class RunConfig:
     skip_peers: bool = False
     bench_only: bool = False  # skip evaluation: build, check kernels and time only
     max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
+    fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
     qat_epochs: float = 0.0
     smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
     allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
@@ -233,7 +234,7 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     run_calibration(calib_model, data, total=len(data))
     q.quantize()
     if cfg.max_accuracy_drop is not None:
-        steps["holdout_drop"] = auto_fallback(q, ld, cfg, data)
+        steps["holdout_drop"] = auto_fallback(q, ld, cfg, data, cfg.fallback_holdout)
     if cfg.qat_epochs:
         steps["qat_steps"] = train_qat(q, ld.task, ld.tokenizer, QATConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len))
     return q, steps
@@ -241,14 +242,23 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
 
 def export_artifacts(model, q: Quantizer, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
     """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript, each written atomically."""
-    seq_len = min(128, int(getattr(model.config, "max_position_embeddings", 128) or 128))
-    example = example_inputs(model, input_names, batch=1, seq_len=seq_len)
+    example = _export_example(model, input_names)
     fq_model = fakequant_eager(model, q)
     return {
-        "fp32_onnx": export_onnx(model, input_names, example, out_dir / "model_fp32.onnx"),
+        "fp32_onnx": export_fp32(model, input_names, out_dir / "model_fp32.onnx"),
         "int8_onnx": export_onnx(fq_model, input_names, example, out_dir / "model_int8_qdq.onnx"),
         "int8_torchscript": export_torchscript(fq_model, input_names, example, out_dir / "model_int8_fakequant.pt"),
     }
+
+
+def _export_example(model, input_names: tuple[str, ...]) -> dict:
+    seq_len = min(128, int(getattr(model.config, "max_position_embeddings", 128) or 128))
+    return example_inputs(model, input_names, batch=1, seq_len=seq_len)
+
+
+def export_fp32(model, input_names: tuple[str, ...], path: Path) -> Path:
+    """The float model as ONNX (dynamic batch and sequence), written atomically."""
+    return export_onnx(model, input_names, _export_example(model, input_names), path)
 
 
 def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
