@@ -290,6 +290,8 @@ def collect(results, recipes: list[Recipe]) -> list[dict]:
     """One record per recipe, in grid order: ok / failed (with its one-line error) / unfinished."""
     by_recipe = {}
     for res in results:
+        if res.config is None:  # never started before an interruption
+            continue
         key = json.dumps(res.config["recipe"], sort_keys=True)
         m = res.metrics or {}
         if res.error is not None:
