@@ -9,7 +9,7 @@ from ptqkit.cli import parser, positive_int, run_main
 
 def main() -> int:
     p = parser(__doc__)
-    p.set_defaults(backend=None)  # a grid flag here: comma list of openvino, onnxruntime
+    p.set_defaults(backend=None, output_dir="sweep")  # --backend is a grid flag here: openvino,onnxruntime
     p.add_argument("--calib-batches", type=positive_int, default=32, help="calibration batches from the train split")
     p.add_argument("--calib-method", help="grid: comma list of minmax, percentile, mse, entropy (default: the device's)")
     p.add_argument("--smoothquant", help="grid: comma list of SmoothQuant alphas or 'off', e.g. off,0.5")

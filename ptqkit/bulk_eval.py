@@ -161,14 +161,16 @@ def _ray_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str 
     ctx.enable_progress_bars = False  # ours counts rows; Ray's bars per operator would interleave with it
     suffix = path.suffix.lower()
     light = {"num_cpus": 0}  # reading and filtering are light: the actors hold the CPUs
+    # On a cluster the file is read where it is, on this node (local://); the rows then stream to actors anywhere.
+    src = f"local://{path.resolve()}" if cfg.ray_address else str(path)
     if suffix == ".parquet":
-        ds = ray.data.read_parquet(str(path), **light)
+        ds = ray.data.read_parquet(src, **light)
     elif suffix in (".json", ".jsonl"):
-        ds = ray.data.read_json(str(path), lines=True, file_extensions=None, **light)
+        ds = ray.data.read_json(src, lines=True, file_extensions=None, **light)
     else:
         import pyarrow.csv as pcsv
 
-        ds = ray.data.read_csv(str(path), parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
+        ds = ray.data.read_csv(src, parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
                                file_extensions=None, **light)
     if cfg.where:
         col, value = cfg.where.split("=")
