@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -322,6 +323,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from .cluster import ray_session
 
     out = artifacts.ensure_output_dir(cfg.run.output_dir)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment banners, our lines instead
     for r in cfg.recipes:
         get_backend(r.backend)
     ld = load(cfg.run)
@@ -351,7 +353,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         "recipes": records,
         "pareto_front": [r["label"] for r in front],
         "chosen": chosen,
-        "retimed": {"shape": str(cfg.shape), "threads": 1, "rounds": cfg.rounds, "fp32_ms": final["fp32_ms"]},
+        "retimed": {"shape": str(timing_shape(ld.model, cfg.shape)), "threads": 1, "rounds": cfg.rounds, "fp32_ms": final["fp32_ms"]},
         "workers": workers, "trials_wall_s": round(trials_s, 1),
         "wall_s": round(time.perf_counter() - start, 1),
     }
