@@ -261,6 +261,11 @@ def export_fp32(model, input_names: tuple[str, ...], path: Path) -> Path:
     return export_onnx(model, input_names, _export_example(model, input_names), path)
 
 
+def export_int8(model, q: Quantizer, input_names: tuple[str, ...], path: Path) -> Path:
+    """Only the QDQ ONNX (what the engines compile), written atomically."""
+    return export_onnx(fakequant_eager(model, q), input_names, _export_example(model, input_names), path)
+
+
 def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return round(float((a.argmax(-1) == b.argmax(-1)).mean()), 4)
 

@@ -30,7 +30,7 @@ from .data import TaskData, calibration_batches, encode, train_holdout
 from .errors import UserError
 from .evaluation import evaluate, predict_logits
 from .models import load_model
-from .pipeline import Loaded, RunConfig, calibrate, export_artifacts, export_fp32, load
+from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, load
 
 SWEEP_BACKENDS = ("openvino", "onnxruntime")  # engines that compile the exported files (Inductor compiles modules)
 RECIPE_KEYS = ("calib_method", "smoothquant", "max_accuracy_drop", "backend")
@@ -175,8 +175,8 @@ def build_recipe(recipe: Recipe, payload: Payload, work_dir: Path, threads: int)
     ld = materialize(payload, work_dir)
     calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     q, steps = calibrate(ld, cfg, calib)
-    paths = export_artifacts(ld.model, q, ld.input_names, work_dir)
-    runner = backend.compile(paths["int8_onnx"], threads, "int8")
+    path = export_int8(ld.model, q, ld.input_names, work_dir / "model_int8_qdq.onnx")
+    runner = backend.compile(path, threads, "int8")
     steps["fallback_layers"] = len(q.fallback_layers)
     return ld, runner, steps
 
