@@ -158,7 +158,8 @@ def materialize(payload: Payload, work_dir: Path) -> Loaded:
     for name, data in payload.model_files.items():
         (model_dir / name).write_bytes(data)
     model, tokenizer, _ = load_model(str(model_dir), payload.task)
-    names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encode(tokenizer, payload.task.train[:1], 8)[0])
+    first = encode(tokenizer, payload.task.train[:1], 8)[0]
+    names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in first)
     return Loaded(payload.task, model, tokenizer, payload.model_name, names, [], [])
 
 
@@ -207,8 +208,10 @@ def score_recipe(recipe: Recipe, payload: Payload, threads: int) -> dict:
 
 
 def run_recipe(config: dict, payload: Payload | None = None) -> None:
-    """Tune trainable; tune.with_parameters resolves the payload's object-store reference before the call. A recipe that fails (bad input, an engine refusing it) reports its one-line error and
-    ends normally, so Tune neither retries it nor stops the others; a dead worker is retried by Tune."""
+    """Tune trainable (tune.with_parameters resolves the payload's object-store reference before the call).
+
+    A recipe that fails (bad input, an engine refusing it) reports its one-line error and ends normally, so Tune
+    neither retries it nor stops the others; a worker that dies is retried by Tune (FailureConfig)."""
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     try:
         result = score_recipe(Recipe(**config["recipe"]), payload, threads)
