@@ -160,7 +160,9 @@ def _ray_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str 
     ctx.execution_options.preserve_order = True  # rows come back in file order: row numbers mean something
     ctx.enable_progress_bars = False  # ours counts rows; Ray's bars per operator would interleave with it
     suffix = path.suffix.lower()
-    light = {"num_cpus": 0}  # reading and filtering are light: the actors hold the CPUs
+    # Reading and filtering are light: they take no CPU slot (the actors hold those), and one task at a time, since
+    # zero-CPU tasks would otherwise start a worker process per block.
+    light = {"num_cpus": 0, "concurrency": 1}
     # On a cluster the file is read where it is, on this node (local://); the rows then stream to actors anywhere.
     src = f"local://{path.resolve()}" if cfg.ray_address else str(path)
     if suffix == ".parquet":
@@ -178,6 +180,9 @@ def _ray_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str 
     if cfg.limit:
         ds = ds.limit(cfg.limit)
     ds = ds.select_columns(list(dict.fromkeys([*text, *([label] if label else [])])))
+    # A file is read as one or a few big blocks, and an actor takes whole blocks: cut them (streaming, in order)
+    # so that every actor gets work.
+    ds = ds.repartition(target_num_rows_per_block=cfg.batch_size * 8)
     preds = ds.map_batches(EnginePair, fn_constructor_kwargs={"files": files, "backend": cfg.backend, "label": label,
                                                                "text_columns": text, "max_seq_len": cfg.max_seq_len},
                            batch_size=cfg.batch_size, concurrency=cfg.actors, num_cpus=1, batch_format="numpy")
