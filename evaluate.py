@@ -20,7 +20,7 @@ def main() -> int:
     p.add_argument("--backend", default="openvino", help="engine: openvino (default) or onnxruntime")
     p.add_argument("--batch-size", type=positive_int, default=32, help="rows per engine call")
     p.add_argument("--max-seq-len", type=positive_int, default=128, help="every row is truncated/padded to this")
-    p.add_argument("--actors", type=positive_int, help="actors, one CPU each (default: the cluster's CPUs)")
+    p.add_argument("--actors", type=positive_int, help="actors, one CPU each (default: one per core; on a cluster its CPUs minus one)")
     p.add_argument("--ray", metavar="ADDRESS", help="join this Ray cluster instead of starting a local Ray")
     p.add_argument("--limit", type=positive_int, help="only the first N rows")
     p.add_argument("--local", action="store_true", help="no Ray: one process, the same engines (the reference)")

@@ -7,6 +7,7 @@ Ray run and the single-process run (`local=True`, the same EnginePair in this pr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -41,7 +42,7 @@ class EvalConfig:
     backend: str = "openvino"
     batch_size: int = 32
     max_seq_len: int = 128
-    actors: int | None = None  # None: one per CPU of the cluster
+    actors: int | None = None  # None: local Ray: one per core; cluster: its CPUs minus one (for reading)
     ray_address: str | None = None
     limit: int | None = None
     local: bool = False  # no Ray: the same engines in this process (the reference for the Ray run)
@@ -225,8 +226,11 @@ def run_eval(cfg: EvalConfig) -> dict:
 
         from .cluster import ray_session
 
-        with ray_session(cfg.ray_address, None if cfg.ray_address else cfg.actors) as cpus:
-            cfg.actors = cfg.actors or cpus
+        # One CPU slot beyond the actors for the light stages (read, filter, column projection, block cutting):
+        # without it they wait forever behind actors that hold every slot.
+        local_cpus = None if cfg.ray_address else (cfg.actors or os.cpu_count() or 1) + 1
+        with ray_session(cfg.ray_address, local_cpus) as cpus:
+            cfg.actors = cfg.actors or max(1, cpus - 1)
             rep = _consume(_ray_batches(cfg, path, text, label, ray.put(files)), cfg, out)
         rep["workers"] = {"mode": "ray data", "actors": cfg.actors, "cluster_cpus": cpus}
     wall = time.perf_counter() - start
