@@ -51,6 +51,7 @@ class RunConfig:
     skip_peers: bool = False
     bench_only: bool = False  # skip evaluation: build, check kernels and time only
     max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
+    fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
     qat_epochs: float = 0.0
     smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
     allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
@@ -329,7 +330,7 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     run_calibration(calib_model, data, total=len(data))
     q.quantize()
     if cfg.max_accuracy_drop is not None:
-        steps["holdout_drop"] = auto_fallback(q, ld, cfg, data)
+        steps["holdout_drop"] = auto_fallback(q, ld, cfg, data, cfg.fallback_holdout)
     if cfg.qat_epochs:
         steps["qat_steps"] = train_qat(q, ld.task, ld.tokenizer, QATConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len))
     return q, steps
@@ -337,11 +338,10 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
 
 def export_artifacts(model, q: Quantizer, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
     """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript, each written atomically."""
-    seq_len = min(128, int(getattr(model.config, "max_position_embeddings", 128) or 128))
-    example = example_inputs(model, input_names, batch=1, seq_len=seq_len)
+    example = _export_example(model, input_names)
     fq_model = fakequant_eager(model, q)
     return {
-        "fp32_onnx": export_onnx(model, input_names, example, out_dir / "model_fp32.onnx"),
+        "fp32_onnx": export_fp32(model, input_names, out_dir / "model_fp32.onnx"),
         "int8_onnx": export_onnx(fq_model, input_names, example, out_dir / "model_int8_qdq.onnx"),
         "int8_torchscript": export_torchscript(fq_model, input_names, example, out_dir / "model_int8_fakequant.pt"),
     }
@@ -367,6 +367,21 @@ def write_host_check(ld: Loaded, fq_logits: np.ndarray, int8_logits: np.ndarray,
                  "int8_label": int(i8.argmax())}
                 for e, fq, i8 in zip(ld.task.validation[:n], fq_logits, int8_logits)]
     artifacts.write_json(out_dir / runtime.HOST_CHECK, {"int8_engine": engine, "examples": examples})
+
+
+def _export_example(model, input_names: tuple[str, ...]) -> dict:
+    seq_len = min(128, int(getattr(model.config, "max_position_embeddings", 128) or 128))
+    return example_inputs(model, input_names, batch=1, seq_len=seq_len)
+
+
+def export_fp32(model, input_names: tuple[str, ...], path: Path) -> Path:
+    """The float model as ONNX (dynamic batch and sequence), written atomically."""
+    return export_onnx(model, input_names, _export_example(model, input_names), path)
+
+
+def export_int8(model, q: Quantizer, input_names: tuple[str, ...], path: Path) -> Path:
+    """Only the QDQ ONNX (what the engines compile), written atomically."""
+    return export_onnx(fakequant_eager(model, q), input_names, _export_example(model, input_names), path)
 
 
 def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:

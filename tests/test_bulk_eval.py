@@ -1,0 +1,72 @@
+"""evaluate.py's library: fp32 vs int8 over a generated 10,000-row file through Ray Data (2 actors on a local Ray
+with 2 CPUs) equals the single-process run row for row; JSON lines and Parquet inputs; bad input."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from ptqkit.bulk_eval import EvalConfig, run_eval
+from ptqkit.data import calibration_batches
+from ptqkit.errors import UserError
+from ptqkit.pipeline import RunConfig, calibrate, export_artifacts, load
+from test_pipeline import WORDS, _write_csv
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    d = tmp_path_factory.mktemp("bulk")
+    cfg = RunConfig(model=str(tiny_model_dir), train_file=str(_write_csv(d / "train.csv", 80, 0)),
+                    validation_file=str(_write_csv(d / "val.csv", 8, 1)), batch_size=8, max_seq_len=32)
+    ld = load(cfg)
+    q, _ = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, 2, 8, 32))
+    export_artifacts(ld.model, q, ld.input_names, d)
+    return d
+
+
+def _cfg(artefacts: Path, tiny_model_dir: Path, path: Path, out: Path, **kw) -> EvalConfig:
+    return EvalConfig(artifacts_dir=str(artefacts), input=str(path), output_dir=str(out), model=str(tiny_model_dir),
+                      max_seq_len=32, batch_size=64, predictions=True, **kw)
+
+
+def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, tmp_path: Path) -> None:
+    rng = random.Random(3)
+    path = tmp_path / "rows.csv"
+    path.write_text("review,label\n" + "".join(
+        f"{' '.join(rng.choice(WORDS) for _ in range(rng.randint(1, 40)))},{rng.randint(0, 1)}\n" for _ in range(10_000)))
+    ray_rep = run_eval(_cfg(artefacts, tiny_model_dir, path, tmp_path / "ray", actors=2))
+    local_rep = run_eval(_cfg(artefacts, tiny_model_dir, path, tmp_path / "local", local=True))
+    ray_pred = (tmp_path / "ray" / "predictions.csv").read_text().splitlines()
+    assert len(ray_pred) == 10_001 and ray_pred == (tmp_path / "local" / "predictions.csv").read_text().splitlines()
+    assert ray_rep["workers"]["actors"] == 2 and ray_rep["rows"] == 10_000
+    for key in ("agreement", "disagreements", "metrics"):
+        assert ray_rep[key] == local_rep[key]
+    rows = [json.loads(line) for line in (tmp_path / "ray" / "disagreements.jsonl").read_text().splitlines()]
+    assert len(rows) == ray_rep["disagreements"] and all(r["fp32"] != r["int8"] and r["text"] for r in rows)
+    assert set(ray_rep["metrics"]["int8"]) == {"accuracy", "f1"}
+
+
+def test_jsonl_and_parquet_without_labels(artefacts, tiny_model_dir, tmp_path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"text": [" ".join(random.Random(i).choice(WORDS) for _ in range(8)) for i in range(50)],
+                       "source": ["a", "b"] * 25})
+    df.to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
+    df.to_parquet(tmp_path / "rows.parquet")
+    reps = [run_eval(_cfg(artefacts, tiny_model_dir, tmp_path / name, tmp_path / name.replace(".", "_"), local=True,
+                          where="source=b")) for name in ("rows.jsonl", "rows.parquet")]
+    assert reps[0]["rows"] == reps[1]["rows"] == 25 and "metrics" not in reps[0]
+    assert reps[0]["agreement"] == reps[1]["agreement"]
+
+
+def test_bad_input_is_one_line(artefacts, tiny_model_dir, tmp_path: Path) -> None:
+    (tmp_path / "rows.txt").write_text("x")
+    with pytest.raises(UserError, match="unsupported file type"):
+        run_eval(_cfg(artefacts, tiny_model_dir, tmp_path / "rows.txt", tmp_path / "o"))
+    csv = _write_csv(tmp_path / "rows.csv", 5, 0)
+    with pytest.raises(UserError, match="model_fp32.onnx not found"):
+        run_eval(_cfg(tmp_path, tiny_model_dir, csv, tmp_path / "o"))
+    with pytest.raises(UserError, match="--where"):
+        run_eval(_cfg(artefacts, tiny_model_dir, csv, tmp_path / "o", where="nope=1"))
