@@ -8,6 +8,8 @@ from ptqkit.cli import add_calib_flags, parser, run_main
 def main() -> int:
     p = parser(__doc__)
     add_calib_flags(p)
+    p.add_argument("--layer-report", action="store_true", help="print (and save as layer_report.json) each quantized "
+                   "linear's output error against fp32 on calibration data, worst first")
     args = p.parse_args()
 
     from ptqkit.pipeline import calib_step, config_from_args

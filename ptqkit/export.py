@@ -42,14 +42,16 @@ class FakeQuantLinear(torch.nn.Module):
         self.act = act
         self.weight_fq = weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_weight(self) -> torch.Tensor:
+        """fq(W^T), [in, out]."""
         w, o = self.weight.t(), self.weight_fq
         qmin, qmax = o.spec.storage_range
         if o.spec.ch_axis is None:
-            wq = torch.fake_quantize_per_tensor_affine(w, o.scale, o.zero_point, qmin, qmax)
-        else:
-            wq = torch.fake_quantize_per_channel_affine(w, o.scale, o.zero_point, 1, qmin, qmax)
-        y = torch.matmul(self.act(x), wq)
+            return torch.fake_quantize_per_tensor_affine(w, o.scale, o.zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(w, o.scale, o.zero_point, 1, qmin, qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(self.act(x), self.quantized_weight())
         return y if self.bias is None else y + self.bias
 
 

@@ -17,6 +17,7 @@ from .config import QuantConfig
 from .data import TaskData, calibration_batches, encode, load_task, train_holdout
 from .errors import UserError, one_line
 from .evaluation import evaluate, predict_logits
+from .layer_error import format_table, layer_errors
 from .export import export_onnx, export_torchscript, fakequant_eager
 from .models import load_model
 from .peers import Peer
@@ -25,6 +26,7 @@ from .smoothquant import collect_input_absmax, smooth
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, installed_engines, least_confident, select_engine
 
+LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
 INT8_VARIANT_NOTES = {"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"}
 
 
@@ -54,6 +56,7 @@ class RunConfig:
     fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
     qat_epochs: float = 0.0
     smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
+    layer_report: bool = False  # calib.py: print and save per-layer output error against fp32
     allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -422,7 +425,7 @@ def config_from_args(args) -> RunConfig:
         backend=args.backend, isa=None if getattr(args, "isa", "auto") == "auto" else args.isa, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", None),
         skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
         allow_no_int8=getattr(args, "allow_no_int8", False), max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
-        qat_epochs=getattr(args, "qat_epochs", 0.0), smoothquant=getattr(args, "smoothquant", None),
+        layer_report=getattr(args, "layer_report", False), qat_epochs=getattr(args, "qat_epochs", 0.0), smoothquant=getattr(args, "smoothquant", None),
     )
 
 
@@ -431,9 +434,15 @@ def calib_step(cfg: RunConfig) -> Path:
     check_backend_name(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    q, _ = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len))
+    data = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
+    q, _ = calibrate(ld, cfg, data)
     state_dir = out_dir / "quant_state"
     q.save(state_dir)
+    if cfg.layer_report:
+        errors = layer_errors(ld.model, q, data[:LAYER_REPORT_BATCHES])
+        print(format_table(errors))
+        artifacts.write_json(out_dir / "layer_report.json", {"batches": min(len(data), LAYER_REPORT_BATCHES),
+                                                             "layers": [e.to_dict() for e in errors]})
     summary = {
         "model": ld.model_name, "task": ld.task.name, "device": cfg.device, "calib_batches": cfg.calib_batches,
         "config": q.config.to_dict(),

@@ -39,6 +39,8 @@ def summary(rep: dict) -> str:
     for v in rep["variants"]:
         lines.append(f"***** eval results: {v['name']} *****")
         lines += [f"  {k} = {val:.4f}" for k, val in v.get("metrics", {}).items()]
+        if "agreement_with_fp32" in v and v.get("metrics"):
+            lines.append(f"  agreement_with_fp32 = {v['agreement_with_fp32']:.4f}")
         if v.get("status") == "failed":
             lines.append(f"  failed: {v['error']}")
     for v in (v for v in rep["variants"] if v.get("latency_ms")):
@@ -92,11 +94,15 @@ def markdown(rep: dict) -> str:
     metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})
     if metric_names:
         lines += [f"## Accuracy ({rep['eval_examples']} validation examples)", "",
-                  "| variant | " + " | ".join(metric_names) + " | agreement with fp32 | agreement with fake-quant |",
+                  "Fidelity first: agreement with fp32 is the share of examples whose predicted class (argmax) is "
+                  "the PyTorch fp32 model's; it moves with every changed prediction, where accuracy can hide them.", "",
+                  "| variant | agreement with fp32 | " + " | ".join(metric_names) + " | agreement with fake-quant |",
                   "|---|" + "---|" * (len(metric_names) + 2)]
         for v in (v for v in rep["variants"] if v.get("metrics")):
-            cells = [f"{v['metrics'][m]:.4f}" if m in v["metrics"] else "" for m in metric_names]
-            cells += [f"{v[k]:.4f}" if k in v else "" for k in ("agreement_with_fp32", "agreement_with_fakequant")]
+            agree = "1 (reference)" if v["name"] == "pytorch-fp32" else _cell(v, "agreement_with_fp32")
+            cells = [f"**{agree}**" if agree else ""]
+            cells += [f"{v['metrics'][m]:.4f}" if m in v["metrics"] else "" for m in metric_names]
+            cells.append(_cell(v, "agreement_with_fakequant"))
             lines.append(f"| {_label(v)} | " + " | ".join(cells) + " |")
         lines.append("")
     timed = [v for v in rep["variants"] if v.get("latency_ms")]
@@ -130,6 +136,10 @@ def markdown(rep: dict) -> str:
         lines += [f"| {_label(v)} | {v['error'].replace('|', '/')} |" for v in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(v: dict, key: str) -> str:
+    return f"{v[key]:.4f}" if key in v else ""
 
 
 def _label(v: dict) -> str:

@@ -68,6 +68,7 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["pytorch-fakequant"]
     md = (out / "report.md").read_text()
     assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
+    assert "| variant | agreement with fp32 | accuracy |" in md  # fidelity is the first column
     assert not list(out.glob(".*tmp*")), "temp files left behind"
 
 
@@ -88,13 +89,15 @@ def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> No
     common = ["--model", user_cfg.model, "--train-file", user_cfg.train_file, "--validation-file", user_cfg.validation_file,
               "--output-dir", str(tmp_path), "--batch-size", "8", "--max-seq-len", "32"]
     env = {**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    steps = [["calib.py", "--calib-batches", "2"], ["export.py"], ["bench.py", "--shapes", "1x16", "--rounds", "2",
+    steps = [["calib.py", "--calib-batches", "2", "--layer-report"], ["export.py"], ["bench.py", "--shapes", "1x16", "--rounds", "2",
                                                                    "--backends", "openvino,onnxruntime"]]
     for script, *extra in steps:
         res = subprocess.run([sys.executable, str(REPO / script), *common, *extra], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, f"{script}: {res.stderr[-2000:]}"
     assert (tmp_path / "calib_summary.json").is_file() and (tmp_path / "model_int8_qdq.onnx").is_file()
+    layers = json.loads((tmp_path / "layer_report.json").read_text())["layers"]
+    assert len(layers) == 14 and layers[0]["local_sqnr"] <= layers[-1]["local_sqnr"]
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert {v["name"] for v in bench["variants"]} == {"pytorch-fp32", "openvino-fp32", "openvino-int8",
                                                       "onnxruntime-fp32", "onnxruntime-int8"}
