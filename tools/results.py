@@ -97,7 +97,7 @@ def main() -> None:
     args, extra = p.parse_known_args()
     if not args.render_only:
         src = args.from_report or run_default(extra)
-        print(f"kept {keep(src, args.command if args.from_report else 'OMP_NUM_THREADS=1 python bert_ptq.py --device x86 --threads 1,2 ' + ' '.join(extra))}")
+        print(f"kept {keep(src, args.command if args.from_report else ' '.join(['OMP_NUM_THREADS=1 python bert_ptq.py --device x86 --threads 1,2', *extra]))}")
     render()
 
 
