@@ -20,6 +20,11 @@ def predict_logits(run: Runner, features: Sequence[dict], batch_size: int, pad_i
     return np.concatenate(out)
 
 
+def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of rows whose predicted class (argmax) is the same in both logit arrays."""
+    return round(float((a.argmax(-1) == b.argmax(-1)).mean()), 4)
+
+
 def evaluate(logits: np.ndarray, labels: Sequence, metric_names: Sequence[str], num_labels: int) -> dict[str, float]:
     preds = predictions_from_logits(logits, num_labels)
     return {k: round(float(v), 4) for k, v in compute_metrics(metric_names, preds, np.asarray(labels)).items()}

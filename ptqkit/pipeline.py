@@ -16,7 +16,7 @@ from .capture import example_inputs, model_input_names
 from .config import QuantConfig
 from .data import TaskData, calibration_batches, encode, load_task, train_holdout
 from .errors import UserError, one_line
-from .evaluation import evaluate, predict_logits
+from .evaluation import argmax_agreement, evaluate, predict_logits
 from .layer_error import format_table, layer_errors
 from .export import export_onnx, export_torchscript, fakequant_eager
 from .models import load_model
@@ -385,10 +385,6 @@ def export_fp32(model, input_names: tuple[str, ...], path: Path) -> Path:
 def export_int8(model, q: Quantizer, input_names: tuple[str, ...], path: Path) -> Path:
     """Only the QDQ ONNX (what the engines compile), written atomically."""
     return export_onnx(fakequant_eager(model, q), input_names, _export_example(model, input_names), path)
-
-
-def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return round(float((a.argmax(-1) == b.argmax(-1)).mean()), 4)
 
 
 def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict | None = None) -> dict[str, list[dict]]:

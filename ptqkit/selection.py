@@ -16,9 +16,9 @@ from typing import Sequence
 import numpy as np
 
 from .backends import get_backend
-from .errors import one_line
 from .bench import BenchConfig, Shape, synthetic_inputs, time_interleaved
-from .evaluation import predict_logits
+from .errors import one_line
+from .evaluation import argmax_agreement, predict_logits
 
 AUTO_ENGINES = ("openvino", "onnxruntime")  # Inductor compiles per shape for 20+ s: only with --backend inductor
 MIN_AGREEMENT = 0.99
@@ -85,8 +85,8 @@ def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Seque
                 failed.append({"name": variant, "engine": name, "precision": precision, "status": "failed", "error": one_line(e)})
                 continue
             runners[variant] = runner
-            agreement = float((logits.argmax(-1) == fq_logits.argmax(-1)).mean())
-            rows.append({"name": variant, "engine": name, "precision": precision, "agreement_with_fakequant": round(agreement, 4),
+            rows.append({"name": variant, "engine": name, "precision": precision,
+                         "agreement_with_fakequant": argmax_agreement(logits, fq_logits),
                          "int8_kernels": runner.kernels().int8})
     if not rows:
         raise RuntimeError("--backend auto: no engine could run our int8 model: "
@@ -105,8 +105,8 @@ def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Seque
                   f"{len(features)} {agreement_data}, int8 kernels, faster than the engine's fp32) at {shape}, {threads} thread(s)")
     else:
         best = max(rows, key=lambda r: (r["agreement_with_fakequant"], -r["median_ms"]))
-        reason = ("no candidate met every condition (agreement >= {MIN_AGREEMENT}, int8 kernels, faster than its engine's "
-                  "fp32): kept the most faithful one").format(MIN_AGREEMENT=MIN_AGREEMENT)
+        reason = (f"no candidate met every condition (agreement >= {MIN_AGREEMENT}, int8 kernels, faster than its "
+                  "engine's fp32): kept the most faithful one")
     record = {"chosen": best["name"], "reason": reason, "agreement_data": f"{len(features)} {agreement_data}",
               "shape": str(shape), "threads": threads, "rounds": TIMING.rounds, "candidates": rows + failed}
     return Selection(get_backend(best["engine"]), best["precision"], runners, record)
