@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import CALIB_METHODS, QuantSpec
+from .qmodel import fake_quantize
 
 EPS = torch.finfo(torch.float32).eps
 HIST_METHODS = ("percentile", "mse", "entropy")
@@ -113,11 +114,8 @@ class Observer(nn.Module):
         return self._fake_quantize(x)
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
-        """The tensor-qparams overloads, so the TorchScript ONNX exporter emits QuantizeLinear/DequantizeLinear."""
         s = self.spec
-        if s.ch_axis is None:
-            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, s.qmin, s.qmax)
-        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, s.ch_axis % x.dim(), s.qmin, s.qmax)
+        return fake_quantize(x, self.scale, self.zero_point, s.ch_axis, s.qmin, s.qmax)
 
     def freeze(self) -> None:
         """Fix qparams (kept if already computed from the current statistics), stop observing, start fake-quant."""
@@ -350,8 +348,8 @@ def _entropy_threshold(hist: Tensor, hi: float) -> float:
 class LSQQuantizer(nn.Module):
     """Fake-quant with a learnable scale (LSQ, Esser et al. 2020) for QAT, initialised from a frozen Observer.
 
-    forward: q = clamp(round_ste(x / s) + z, qmin, qmax), y = (q - z) * s, where round_ste rounds forward and
-    passes the gradient straight through, and s's gradient is multiplied by g = 1 / sqrt(N * Q_P) with
+    forward: qmodel.fake_quantize with the LSQ gradient: x's passes straight through rounding inside the grid,
+    s's is LSQ's ((q - z) - x / s inside, the clamped level outside) multiplied by g = 1 / sqrt(N * Q_P) with
     N = x.numel() / scale.numel() (elements sharing one scale, batch included, so the step does not grow with
     batch size) and Q_P = qmax - z (127). Symmetric only: z is fixed. Per-channel scales broadcast along ch_axis.
     """
@@ -380,18 +378,10 @@ class LSQQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.fake_quant:
             return x
-        s, z = self.scale, self.zero_point.float()
-        if self.spec.ch_axis is not None:  # [C] -> [1, .., C, .., 1] along ch_axis
-            shape = [1] * x.dim()
-            shape[self.spec.ch_axis % x.dim()] = -1
-            s, z = s.view(shape), z.view(shape)
         q_pos = self.spec.qmax - float(self.zero_point.flatten()[0])
         g = 1.0 / math.sqrt(x.numel() / self.scale.numel() * q_pos)
-        s = s.clamp_min(EPS)
-        s = (s - s * g).detach() + s * g  # value s, gradient scaled by g
-        v = x / s + z
-        v = (v.round() - v).detach() + v  # straight-through rounding
-        return (v.clamp(self.spec.qmin, self.spec.qmax) - z) * s
+        return fake_quantize(x, self.scale.clamp_min(EPS), self.zero_point, self.spec.ch_axis, self.spec.qmin,
+                             self.spec.qmax, grad_factor=g)
 
     def export_qparams(self) -> tuple[Tensor, Tensor]:
         """(scale float32, zero_point int32) as learned, in the Observer's format."""

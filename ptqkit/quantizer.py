@@ -22,6 +22,7 @@ from .capture import CaptureError, capture
 from .config import QuantConfig
 from .errors import UserError
 from .observers import LSQQuantizer, NonFiniteInput, Observer
+from .qmodel import QuantLinear, fake_quantize
 from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
 
 STATE_VERSION = 1
@@ -63,6 +64,34 @@ class Quantizer:
                 obs.freeze()
         self._apply_fallback()
         return graph
+
+    def convert(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The converted quantized model (qmodel.py): a copy of the float HF `model` carrying the graph's current
+        weights, with every quantized linear a QuantLinear holding these frozen qparams. TorchScript and ONNX
+        export and the module engines all start from it."""
+        qmodel = copy.deepcopy(model).eval()
+        obs = self.observers()
+        params = dict(self._require_graph().named_parameters())
+        with torch.no_grad():
+            for name, p in qmodel.named_parameters():
+                if name in params:
+                    p.copy_(params[name])
+        for point in self.quantized_points():
+            if point.kind != "linear":
+                raise NotImplementedError(f"conversion of {point.kind} quantization is not supported ({point.name})")
+            parent_name, _, attr = point.name.rpartition(".")
+            parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+            linear = getattr(parent, attr)
+            act, w = obs[observer_key(point.name, "input")], obs[observer_key(point.name, "weight")]
+            if act.spec.ch_axis is not None:
+                raise NotImplementedError(f"conversion of per-channel activations is not supported ({point.name})")
+            w_qparams = _frozen_qparams(w)
+            weight = linear.weight.detach()
+            if (w.spec.qmin, w.spec.qmax) != w.spec.storage_range:  # narrower grid: snap onto it (QuantLinear doc)
+                weight = fake_quantize(weight, *w_qparams, w.spec.ch_axis, w.spec.qmin, w.spec.qmax)
+            setattr(parent, attr, QuantLinear(weight, linear.bias, _frozen_qparams(act), (act.spec.qmin, act.spec.qmax),
+                                              w_qparams, w.spec.storage_range, w.spec.ch_axis is not None))
+        return qmodel.eval()
 
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:
         """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
@@ -201,6 +230,14 @@ class Quantizer:
             q.weights_changed = True
         q.quantize()
         return q
+
+
+def _frozen_qparams(obs: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point) an observer fake-quantizes with now: an LSQ's learned ones, else the frozen (or, if
+    its statistics changed since, freshly computed) qparams."""
+    if isinstance(obs, LSQQuantizer):
+        return obs.export_qparams()
+    return (obs.scale, obs.zero_point) if bool(obs.qparams_valid) else obs.compute_qparams()
 
 
 def _logits(out) -> torch.Tensor:
