@@ -4,11 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .calibration import METHODS
 from .sysinfo import ARM_INT8_ISAS, SATURATING_ISAS, X86_INT8_ISAS, host_int8_isa
 
 DEVICES = ("x86", "aarch64")
 ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
-CALIB_METHODS = ("minmax", "percentile", "mse", "entropy")
+CALIB_METHODS = tuple(METHODS)  # the registry in calibration.py
 
 # Activation calibration chosen per device by measurement on the default model and task (OpenVINO int8, f32 hint,
 # 1,000 validation sentences, fp32 accuracy 0.836; accuracy / argmax agreement with the fake-quant model):
