@@ -15,7 +15,7 @@ from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
 from .config import QuantConfig
-from .data import TaskData, calibration_batches, encode, load_task, train_holdout
+from .data import TaskData, calibration_batches, encode, load_task, split_train
 from .errors import UserError, one_line
 from .evaluation import argmax_agreement, evaluate, predict_logits
 from .layer_error import format_table, layer_errors
@@ -270,9 +270,9 @@ def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], f
     """
     n_calib = sum(int(b["input_ids"].shape[0]) for b in calib)
     n = min(POOL_SIZE, max(0, len(ld.task.train) - n_calib))
-    pool, kind = train_holdout(ld.task, n), "held-out train sentences"
+    pool, kind = split_train(ld.task, n_calib, n)[1], "held-out train sentences"
     if n < MIN_POOL:
-        pool, kind = train_holdout(ld.task, len(ld.task.train))[:POOL_SIZE], "calibration sentences"
+        pool, kind = split_train(ld.task, POOL_SIZE, 0)[0], "calibration sentences"
     features = encode(ld.tokenizer, pool, cfg.max_seq_len)
     fq_logits = predict_logits(TorchRunner(q.quantize(), ld.input_names, threads), features, cfg.batch_size, ld.pad_id,
                                desc="checking pytorch-fakequant")
@@ -288,9 +288,7 @@ def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], h
     """Leave the fewest, most sensitive layers in fp32 until the fake-quant drop on a held-out slice of the
     train split is within cfg.max_accuracy_drop points of the task's first metric (validation is never used).
     Returns the holdout drop reached; the chosen layers are in q.fallback_layers."""
-    holdout = train_holdout(ld.task, holdout_size)
-    if len(ld.task.train) - holdout_size < len(calib) * cfg.batch_size:
-        raise UserError(f"train split too small for a {holdout_size}-example holdout beside the calibration batches")
+    _, holdout = split_train(ld.task, len(calib) * cfg.batch_size, holdout_size)
     features = encode(ld.tokenizer, holdout, cfg.max_seq_len)
     labels = [e.label for e in holdout]
     metric = ld.task.metrics[0]
@@ -356,10 +354,9 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     if cfg.smoothquant is not None:
         # In place on the float model: its outputs do not change, only where the range sits.
         steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
-    q = Quantizer(device=cfg.device, backend=cfg.backend, config=config)
-    calib_model = q.calib(ld.model, ld.input_names)
+    q = Quantizer(device=cfg.device, config=config)
+    calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how
-    q.weights_changed = bool(steps.get("smoothed"))  # the state must carry the smoothed weights
     run_calibration(calib_model, data, total=len(data))
     q.quantize()
     if cfg.max_accuracy_drop is not None:
