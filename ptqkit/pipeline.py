@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +14,7 @@ from .backends.base import ONNX, Engine, KernelEvidence, ModelForms, Runner
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
-from .config import QuantConfig
+from .config import QuantConfig, RunConfig
 from .data import TaskData, calibration_batches, encode, load_task, split_train
 from .errors import UserError, one_line
 from .evaluation import argmax_agreement, evaluate, predict_logits
@@ -29,37 +29,6 @@ from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, least_confident, select_engine
 
 LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
-
-
-@dataclass
-class RunConfig:
-    device: str = "x86"
-    model: str = "default"
-    task: str = "rotten_tomatoes"
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_columns: tuple[str, ...] | None = None
-    label_column: str | None = None
-    encoding: str = "utf-8"  # of the user's files
-    output_dir: str = "artifacts"
-    cache_dir: str | None = None
-    eval_limit: int | None = None
-    batch_size: int = 32
-    max_seq_len: int = 128
-    backend: str = "auto"  # or an engine name from backends.ENGINES
-    isa: str | None = None  # target int8 ISA (sysinfo); None: this host's
-    calib_batches: int = 32
-    calib_method: str | None = None  # None: the device's measured default (config.DEFAULT_CALIB_METHOD)
-    skip_peers: bool = False
-    bench_only: bool = False  # skip evaluation: build, check kernels and time only
-    max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
-    fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
-    qat_epochs: float = 0.0
-    smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
-    layer_report: bool = False  # calib.py: print and save per-layer output error against fp32
-    allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
-    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 @dataclass
@@ -430,25 +399,22 @@ def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict 
 
 
 def config_from_args(args) -> RunConfig:
-    """argparse namespace -> RunConfig; bad flag values become UserError."""
+    """argparse namespace -> RunConfig; flags a CLI does not have keep RunConfig's defaults (declared once there).
+    Bad flag values become UserError."""
     from .bench import parse_shapes, parse_threads
 
+    given = vars(args)
+    default = RunConfig()
     try:
-        bench = BenchConfig(shapes=parse_shapes(getattr(args, "shapes", "1x128,6x64")),
-                            threads=parse_threads(getattr(args, "threads", None)), rounds=getattr(args, "rounds", 30))
+        bench = replace(default.bench, threads=parse_threads(given.get("threads")),
+                        **({"shapes": parse_shapes(given["shapes"])} if given.get("shapes") else {}),
+                        **({"rounds": given["rounds"]} if given.get("rounds") else {}))
     except ValueError as e:
         raise UserError(str(e)) from None
-    return RunConfig(
-        device=args.device, model=args.model, task=args.task, data_dir=args.data_dir,
-        train_file=args.train_file, validation_file=args.validation_file,
-        text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
-        label_column=args.label_column, encoding=args.encoding, output_dir=args.output_dir, cache_dir=args.cache_dir,
-        eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
-        backend=args.backend, isa=None if getattr(args, "isa", "auto") == "auto" else args.isa, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", None),
-        skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
-        allow_no_int8=getattr(args, "allow_no_int8", False), max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
-        layer_report=getattr(args, "layer_report", False), qat_epochs=getattr(args, "qat_epochs", 0.0), smoothquant=getattr(args, "smoothquant", None),
-    )
+    names = {f.name for f in fields(RunConfig)} - {"bench", "text_columns", "isa"}
+    return replace(default, bench=bench, **{k: v for k, v in given.items() if k in names},
+                   text_columns=tuple(args.text_columns.split(",")) if given.get("text_columns") else None,
+                   isa=None if given.get("isa", "auto") == "auto" else args.isa)
 
 
 def calib_step(cfg: RunConfig) -> Path:
