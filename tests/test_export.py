@@ -122,8 +122,8 @@ def test_onnx_qdq_structure(quantized, bert):
 
 def test_onnx_dynamic_axes_run_in_onnxruntime(quantized):
     import onnx
+    import onnxruntime as ort
 
-    ort = pytest.importorskip("onnxruntime")
     _, q, _, path = quantized
     graph_inputs = onnx.load(str(path)).graph.input
     assert [i.name for i in graph_inputs] == list(NAMES)
