@@ -37,7 +37,7 @@ class QuantLinear(nn.Module):
 
     The weight is transposed *before* fake-quant (per-channel axis 1), so the ONNX graph has DequantizeLinear
     feeding MatMul directly; with F.linear the exporter put a Transpose between them, and ONNX Runtime then fused
-    only the activation side (MatMulIntegerToFloat on 6 of 14 linears). A weight grid narrower than its storage
+    only the activation side on some linears (MatMulIntegerToFloat). A weight grid narrower than its storage
     type (7-bit weights) is not expressible as a QuantizeLinear range, so the weight arrives already snapped onto
     it and is fake-quantized here over the full storage range, which keeps exactly those integers.
 

@@ -14,8 +14,9 @@ residual add into the kernel (qlinear_binary_matcher_count).
 
 Activations are emitted as uint8 whatever the observer's dtype: the pattern matches int8 activations too, but
 oneDNN (v3.12 in torch 2.13) then runs the matmul on its reference implementation (ONEDNN_VERBOSE shows
-`matmul,ref_int8:any` for src s8 against the prepacked weight, `brg_matmul:avx512_core_vnni` for src u8): 0.57 ms
-instead of 0.005 ms for a 48x32x16 GEMM, and a MiniLM forward that did not finish in minutes. An int8 grid is
+`matmul,ref_int8:any` for src s8 against the prepacked weight, `brg_matmul:avx512_core_vnni` for src u8, each
+with its time: `ONEDNN_VERBOSE=1 python bert_ptq.py --backend inductor` shows them), orders of magnitude slower
+than the JIT kernel. An int8 grid is
 exactly the uint8 grid shifted by 128 (zero point + 128), so nothing changes numerically. Weights must be int8
 with zero point 0 (uint8 symmetric weights, zero point 128, are shifted onto that grid the same way); asymmetric
 weights are refused.
@@ -71,7 +72,7 @@ class QDQLinear(torch.nn.Module):
         qd = _qd()
         a_qmin, a_qmax = ql.act_range
         # always uint8: oneDNN runs u8 x s8 on its JIT brgemm/VNNI kernels but s8 x s8 on the reference
-        # (ref_int8) matmul, ~100x slower (module docstring). int8 q in [-128, 127] with zero point z is exactly
+        # (ref_int8) matmul, far slower (module docstring). int8 q in [-128, 127] with zero point z is exactly
         # the uint8 grid q + 128 with zero point z + 128 (same dequantized values).
         shift = 128 if a_qmin < 0 else 0
         self.x_scale, self.x_zp = float(ql.act_scale), int(ql.act_zero_point) + shift
@@ -241,14 +242,14 @@ class InductorBackend(Engine):
     name = "inductor"
     requires = "torch"
     takes = MODULE
-    fixed_shapes = True  # compiles one graph per input shape (20+ s each): not an --backend auto candidate
+    fixed_shapes = True  # compiles one graph per input shape (slow): not an --backend auto candidate
 
     def compile(self, model: LogitsOnly, threads: int, precision: str = "fp32") -> InductorRunner:
         """fp32: the float HF model. int8: the converted model (rewritten with to_qdq_module) or its QDQ form;
         `model` wraps either in qmodel.LogitsOnly.
 
-        Nothing is compiled here: each input shape compiles on its first call (int8 MiniLM-L6: ~20-25 s with a
-        cold Inductor cache on 2 cores, fp32 ~11 s; see InductorRunner.compile_seconds).
+        Nothing is compiled here: each input shape compiles on its first call, which takes seconds to tens of
+        seconds (InductorRunner.compile_seconds records each).
         """
         if precision not in PRECISIONS:
             raise UserError(f"inductor supports precisions {', '.join(PRECISIONS)}, not {precision!r}")
