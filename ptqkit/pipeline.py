@@ -165,6 +165,35 @@ def run(cfg: RunConfig) -> dict:
         variants += build_peers(ld, paths["fp32_onnx"], calib, out_dir)
     built = {v.name: built[v.name] for v in variants if v.name in built}
 
+    evaluate_variants(variants, ld, cfg, built, threads, out_dir)
+
+    timed = [v for v in variants if v.build is not None and v.measured]
+    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench, built)
+    for v in timed:
+        v.record["latency_ms"] = latency[v.name]
+    rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
+                       [v.record for v in variants], cfg.bench)
+    rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
+                           "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
+                           "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
+    if selection is not None:
+        rep["backend_selection"] = selection.record
+    if ld.task.empty_texts:
+        rep["empty_texts"] = ld.task.empty_texts
+    rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
+    if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
+        rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
+    written = report.write(rep, out_dir)
+    print(report.summary(rep))
+    for path in written:
+        print(f"wrote {path}")
+    return rep
+
+
+def evaluate_variants(variants: list[Variant], ld: Loaded, cfg: RunConfig, built: dict, threads: int,
+                      out_dir: Path) -> None:
+    """Build (or reuse from `built`), check kernels, evaluate every variant, then compare each with the references
+    it names. A peer or optional variant that fails is marked failed (build None); any other failure is raised."""
     logits: dict[str, np.ndarray] = {}
     for v in variants:
         if v.build is None:
@@ -192,28 +221,6 @@ def run(cfg: RunConfig) -> dict:
             v.record[f"agreement_with_{ref}"] = argmax_agreement(logits[v.name], references[ref])
         if v.host_check and v.name in logits:
             write_host_check(ld, references["fakequant"], logits[v.name], v.name, out_dir)
-
-    timed = [v for v in variants if v.build is not None and v.measured]
-    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench, built)
-    for v in timed:
-        v.record["latency_ms"] = latency[v.name]
-    rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
-                       [v.record for v in variants], cfg.bench)
-    rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
-                           "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
-                           "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
-    if selection is not None:
-        rep["backend_selection"] = selection.record
-    if ld.task.empty_texts:
-        rep["empty_texts"] = ld.task.empty_texts
-    rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
-    if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
-        rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
-    written = report.write(rep, out_dir)
-    print(report.summary(rep))
-    for path in written:
-        print(f"wrote {path}")
-    return rep
 
 
 def record_kernels(record: dict, evidence: KernelEvidence, allow_no_int8: bool) -> None:
@@ -454,13 +461,13 @@ def export_step(cfg: RunConfig) -> dict[str, Path]:
     return paths
 
 
-def check_backend_name(name: str) -> None:
+def check_backend_name(backend: str) -> None:
     """Fail early on a bad --backend, before the model is loaded."""
-    if name == "auto":
+    if backend == "auto":
         if not installed_engines():
             raise UserError("--backend auto needs openvino or onnxruntime: pip install -r requirements.txt")
     else:
-        get_backend(name)
+        get_backend(backend)
 
 
 def _qparams_summary(scale, zero_point) -> dict:
