@@ -12,9 +12,12 @@ the observed range; minmax returns the observed range itself.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+# torch is imported inside the range functions: the registry is read by every CLI (config, --calib-method), and
+# predict.py runs on targets without torch.
 
 ENTROPY_LEVELS = 128  # TensorRT quantizes the reference distribution to 128 levels (one sign of int8)
 ENTROPY_FLOOR = 1e-4  # probability given to Q where P > 0 but Q == 0, so clipping costs a finite amount
@@ -79,6 +82,8 @@ METHODS: dict[str, RangeMethod] = {"minmax": MinMax(), "percentile": Percentile(
 # --- histogram range functions (pure functions on counts) ---------------------------------------------------
 def _hist_quantile(hist: Tensor, lo: float, hi: float, q: float) -> float:
     """Value below which a fraction q of the mass lies, interpolating linearly inside the bin that crosses q."""
+    import torch
+
     cdf = hist.cumsum(0)
     target = q * float(cdf[-1])
     k = min(int(torch.searchsorted(cdf, torch.tensor([target], dtype=cdf.dtype))), hist.numel() - 1)
@@ -89,6 +94,8 @@ def _hist_quantile(hist: Tensor, lo: float, hi: float, q: float) -> float:
 
 def _prefix_moments(hist: Tensor, centers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """P_j[k] = sum_{i<k} n_i c_i^j for j = 0, 1, 2 (length bins+1): squared errors of any tail in O(1)."""
+    import torch
+
     zero = hist.new_zeros(1)
     return tuple(torch.cat([zero, (hist * centers**j).cumsum(0)]) for j in range(3))  # type: ignore[return-value]
 
@@ -99,6 +106,8 @@ def _mse_threshold(hist: Tensor, hi: float, levels: int) -> float:
     The histogram is of |x| over [0, hi]; s = T / (levels // 2) is the step, s^2 / 12 the mean squared rounding
     error of values spread evenly inside a step, and clipped values lose their distance to T.
     """
+    import torch
+
     n = hist.numel()
     width = hi / n
     centers = (torch.arange(n, dtype=torch.float64) + 0.5) * width
@@ -116,6 +125,8 @@ def _mse_range(hist: Tensor, lo: float, hi: float, levels: int) -> tuple[float, 
     s = (b - a) / levels; left error sum_{c_i < a} n_i (a - c_i)^2, right sum_{c_i > b} n_i (c_i - b)^2, both
     from prefix moments so the whole (a, b) grid is one broadcast.
     """
+    import torch
+
     n = hist.numel()
     width = (hi - lo) / n
     centers = lo + (torch.arange(n, dtype=torch.float64) + 0.5) * width
@@ -145,6 +156,8 @@ def _entropy_threshold(hist: Tensor, hi: float) -> float:
     Returns the candidate with minimal KL(P || Q) = sum P log(P / Q). Candidates are rows of a matrix,
     ENTROPY_CHUNK at a time, so all of them cost a few tensor ops.
     """
+    import torch
+
     n, levels = hist.numel(), ENTROPY_LEVELS
     tail = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])  # tail[i] = sum(hist[i:])
     bins = torch.arange(n)

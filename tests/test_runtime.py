@@ -116,11 +116,12 @@ def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> 
 
 
 def test_runtime_runs_without_torch(artefacts) -> None:
-    """Poison torch and transformers: importing and running the runtime must not need them."""
+    """Poison torch and transformers: importing predict.py and running the runtime must not need them."""
     out, _ = artefacts
     code = ("import sys\n"
             "for name in ('torch', 'transformers'):\n"
             "    sys.modules[name] = None\n"
+            "import predict  # the CLI too: its flags (ptqkit.cli, config) load without torch\n"
             "from ptqkit.runtime import Classifier\n"
             f"print(next(Classifier({str(out)!r}, 'onnxruntime', 1).records(['good film']))['label'])\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
