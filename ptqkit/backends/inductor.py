@@ -98,7 +98,8 @@ class QDQLinear(torch.nn.Module):
         qd = torch.ops.quantized_decomposed
         args = (self.x_scale, self.x_zp, self.x_qmin, self.x_qmax, self.x_dtype)
         xd = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, *args), *args)
-        w = qd.dequantize_per_channel(self.qweight, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+        grid = torch.iinfo(self.qweight.dtype)  # the int8 buffer's own range
+        w = qd.dequantize_per_channel(self.qweight, self.w_scale, self.w_zp, 0, grid.min, grid.max, self.qweight.dtype)
         return torch.nn.functional.linear(xd, w, self.bias)
 
 
