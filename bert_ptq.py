@@ -2,16 +2,14 @@
 """Quantize a BERT-family classifier to int8, compile it, and show fp32 vs int8 accuracy and speed side by side."""
 from __future__ import annotations
 
-from ptqkit.cli import add_calib_flags, parser, positive_int, run_main
+from ptqkit.cli import add_bench_flags, add_calib_flags, parser, positive_int, run_main
 
 
 def main() -> int:
     p = parser(__doc__)
     add_calib_flags(p)
     p.add_argument("--eval-limit", type=positive_int, help="evaluate only the first N validation examples (smoke runs)")
-    p.add_argument("--shapes", default="1x128,6x64", help="latency shapes BATCHxSEQ, comma-separated")
-    p.add_argument("--threads", help="thread counts, comma-separated (default: $OMP_NUM_THREADS or 1)")
-    p.add_argument("--rounds", type=positive_int, default=30, help="timed rounds per shape")
+    add_bench_flags(p)
     p.add_argument("--bench-only", action="store_true", help="skip evaluation: build, check kernels, time")
     p.add_argument("--skip-peers", action="store_true", help="leave out NNCF, bf16 and dynamic-int8 peers")
     p.add_argument("--allow-no-int8", action="store_true", help="report an int8 model that ran without int8 kernels instead of failing")

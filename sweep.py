@@ -4,13 +4,13 @@ calibrated, exported, compiled and scored on a train holdout; the chosen one and
 evaluated on validation and re-timed interleaved here. Rerun the same command to resume an interrupted sweep."""
 from __future__ import annotations
 
-from ptqkit.cli import parser, positive_int, run_main
+from ptqkit.cli import DEFAULT, parser, positive_int, run_main
 
 
 def main() -> int:
     p = parser(__doc__)
     p.set_defaults(backend=None, output_dir="sweep")  # --backend is a grid flag here: openvino,onnxruntime
-    p.add_argument("--calib-batches", type=positive_int, default=32, help="calibration batches from the train split")
+    p.add_argument("--calib-batches", type=positive_int, default=DEFAULT.calib_batches, help="calibration batches from the train split")
     p.add_argument("--calib-method", help="grid: comma list of minmax, percentile, mse, entropy (default: the device's)")
     p.add_argument("--smoothquant", help="grid: comma list of SmoothQuant alphas or 'off', e.g. off,0.5")
     p.add_argument("--max-accuracy-drop", help="grid: comma list of auto-fallback budgets in points or 'off'")
@@ -18,13 +18,13 @@ def main() -> int:
                    "calib_method, smoothquant, max_accuracy_drop, backend")
     p.add_argument("--choose-within", type=float, default=0.3, help="the chosen recipe is the fastest whose holdout "
                    "metric is within this many points of fp32 (default 0.3)")
-    p.add_argument("--holdout", type=positive_int, default=1000, help="held-out train examples each recipe is scored on")
+    p.add_argument("--holdout", type=positive_int, default=DEFAULT.fallback_holdout, help="held-out train examples each recipe is scored on")
     p.add_argument("--workers", type=positive_int, help="CPUs of the local Ray (default: all cores)")
     p.add_argument("--cpus-per-recipe", type=positive_int, default=1, help="CPUs (and engine threads) per recipe")
     p.add_argument("--ray", metavar="ADDRESS", help="join this Ray cluster (e.g. auto, or HEAD_IP:6379) instead of "
                    "starting a local Ray")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a recipe whose worker died")
-    p.add_argument("--rounds", type=positive_int, default=30, help="timed rounds for the final interleaved re-timing")
+    p.add_argument("--rounds", type=positive_int, default=DEFAULT.bench.rounds, help="timed rounds for the final interleaved re-timing")
     args = p.parse_args()
     from ptqkit.pipeline import config_from_args
     from ptqkit.sweep import SweepConfig, parse_grid, run_sweep

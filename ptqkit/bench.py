@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-Inputs = dict[str, np.ndarray]
-Runner = Callable[[Inputs], np.ndarray]
+from .backends.base import Inputs, Runner
 
 
 @dataclass(frozen=True)

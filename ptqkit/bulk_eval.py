@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from . import artifacts
 from .backends import get_backend
+from .backends.base import ONNX
 from .data import _text_columns
 from .errors import UserError
 from .metrics import compute_metrics
@@ -118,7 +119,8 @@ def _check(cfg: EvalConfig) -> tuple[Path, tuple[str, ...], str | None]:
         if not (Path(cfg.artifacts_dir) / name).is_file():
             raise UserError(f"{Path(cfg.artifacts_dir) / name} not found: pass --artifacts with the --output-dir of "
                             f"bert_ptq.py (or export.py)")
-    get_backend(cfg.backend)
+    if get_backend(cfg.backend).takes != ONNX:
+        raise UserError(f"--backend {cfg.backend} compiles the model, not the exported files: use openvino or onnxruntime")
     columns = read_columns(path)
     label = cfg.label_column or ("label" if "label" in columns else None)
     if cfg.label_column and cfg.label_column not in columns:

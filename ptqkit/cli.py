@@ -6,7 +6,8 @@ import sys
 import traceback
 from typing import Callable
 
-from .config import CALIB_METHODS, DEVICES
+from .bench import BenchConfig
+from .config import CALIB_METHODS, DEVICES, RunConfig
 from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError
 from .sysinfo import ARM_INT8_ISAS, X86_INT8_ISAS
 
@@ -32,6 +33,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     sys.exit(code or 0)
 
 
+DEFAULT = RunConfig()  # the one place defaults are declared; every flag below reads its default from it
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 already; keep its message to one line
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -55,26 +59,26 @@ def plain_parser(description: str) -> argparse.ArgumentParser:
 def parser(description: str) -> argparse.ArgumentParser:
     """The flags shared by all steps: where the model and data come from, where outputs go."""
     p = plain_parser(description)
-    p.add_argument("--device", choices=DEVICES, default="x86", help="target CPU: picks the quantization contract")
-    p.add_argument("--model", default="default", help="hub id or local save_pretrained dir (default: the offline MiniLM-L6 fine-tuned on rotten_tomatoes)")
-    p.add_argument("--task", default="rotten_tomatoes", help="rotten_tomatoes (offline default) or a GLUE task: mrpc sst2 qqp qnli rte cola stsb mnli")
+    p.add_argument("--device", choices=DEVICES, default=DEFAULT.device, help="target CPU: picks the quantization contract")
+    p.add_argument("--model", default=DEFAULT.model, help="hub id or local save_pretrained dir (default: the offline MiniLM-L6 fine-tuned on rotten_tomatoes)")
+    p.add_argument("--task", default=DEFAULT.task, help="rotten_tomatoes (offline default) or a GLUE task: mrpc sst2 qqp qnli rte cola stsb mnli")
     p.add_argument("--data-dir", help="directory with the GLUE task's TSV files (train.tsv, dev.tsv)")
     p.add_argument("--train-file", help="your own train data (.csv/.tsv/.json lines), with --validation-file")
     p.add_argument("--validation-file", help="your own validation data (.csv/.tsv/.json lines)")
     p.add_argument("--text-columns", help="comma-separated text column(s) of your files (default: detected)")
     p.add_argument("--label-column", help="label column of your files (default: detected, see README)")
-    p.add_argument("--encoding", default="utf-8", help="text encoding of your files (default: utf-8), e.g. latin-1")
-    p.add_argument("--output-dir", default="artifacts", help="where artefacts and reports go (default: ./artifacts)")
+    p.add_argument("--encoding", default=DEFAULT.encoding, help="text encoding of your files (default: utf-8), e.g. latin-1")
+    p.add_argument("--output-dir", default=DEFAULT.output_dir, help="where artefacts and reports go (default: ./artifacts)")
     p.add_argument("--cache-dir", help="model cache (default: $PTQKIT_CACHE or ~/.cache/ptqkit)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="evaluation/calibration batch size")
-    p.add_argument("--max-seq-len", type=positive_int, default=128, help="truncate inputs to this many tokens")
-    p.add_argument("--backend", default="auto", help="int8 engine: auto (default: the fastest faithful one among openvino and "
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT.batch_size, help="evaluation/calibration batch size")
+    p.add_argument("--max-seq-len", type=positive_int, default=DEFAULT.max_seq_len, help="truncate inputs to this many tokens")
+    p.add_argument("--backend", default=DEFAULT.backend, help="int8 engine: auto (default: the fastest faithful one among openvino and "
                    "onnxruntime, measured on this CPU), openvino, onnxruntime or inductor")
     return p
 
 
 def add_calib_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib-batches", type=positive_int, default=32, help="calibration batches from the train split")
+    p.add_argument("--calib-batches", type=positive_int, default=DEFAULT.calib_batches, help="calibration batches from the train split")
     p.add_argument("--isa", choices=("auto", *X86_INT8_ISAS, *ARM_INT8_ISAS), default="auto",
                    help="int8 instruction set of the target CPU (default: this host's); x86 without VNNI (sse, avx2, "
                    "avx512) gets 7-bit weights so that the engines' 16-bit pair sums cannot saturate")
@@ -84,4 +88,12 @@ def add_calib_flags(p: argparse.ArgumentParser) -> None:
                    "drop on a held-out slice of the train split is within this many points")
     p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="SmoothQuant scaling strength 0..1, folded into "
                    "the preceding weights (off by default: no reliable gain measured on the default model)")
-    p.add_argument("--qat-epochs", type=float, default=0.0, help="QAT after PTQ: epochs over the train split (LSQ scales + weights)")
+    p.add_argument("--qat-epochs", type=float, default=DEFAULT.qat_epochs, help="QAT after PTQ: epochs over the train split (LSQ scales + weights)")
+
+
+def add_bench_flags(p: argparse.ArgumentParser) -> None:
+    """Latency flags (bench.py, bert_ptq.py); defaults from BenchConfig."""
+    bench = BenchConfig()
+    p.add_argument("--shapes", default=",".join(map(str, bench.shapes)), help="latency shapes BATCHxSEQ, comma-separated")
+    p.add_argument("--threads", help="thread counts, comma-separated (default: $OMP_NUM_THREADS or 1)")
+    p.add_argument("--rounds", type=positive_int, default=bench.rounds, help="timed rounds per shape")

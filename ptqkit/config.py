@@ -4,17 +4,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .bench import BenchConfig
+from .calibration import METHODS
 from .sysinfo import ARM_INT8_ISAS, SATURATING_ISAS, X86_INT8_ISAS, host_int8_isa
 
 DEVICES = ("x86", "aarch64")
 ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
-CALIB_METHODS = ("minmax", "percentile", "mse", "entropy")
+CALIB_METHODS = tuple(METHODS)  # the registry in calibration.py
 
-# Activation calibration chosen per device by measurement on the default model and task (OpenVINO int8, f32 hint,
-# 1,000 validation sentences, fp32 accuracy 0.836; accuracy / argmax agreement with the fake-quant model):
-#   x86 (per-channel weights):    minmax 0.835/0.991, percentile 0.833/0.993, mse 0.836/0.982, entropy 0.836/0.993
-#   aarch64 (per-tensor weights): minmax 0.832/0.983, percentile 0.837/0.994, mse 0.830/0.986, entropy 0.831/0.988
-# Differences are a few sentences; ties broken by agreement.
+# Activation calibration chosen per device by measurement on the default model and task: for each METHOD,
+# `python bert_ptq.py --device DEVICE --backend openvino --skip-peers --calib-method METHOD` reports openvino-int8's
+# accuracy and agreement_with_fakequant on the validation split (report.json); the methods differed by a few
+# sentences, ties broken by agreement.
 DEFAULT_CALIB_METHOD = {"x86": "entropy", "aarch64": "percentile"}
 
 
@@ -111,3 +112,35 @@ def _default_isa(device: str) -> str:
     host = host_int8_isa()
     return host if host in ISAS[device] else ISAS[device][1]
 
+
+@dataclass
+class RunConfig:
+    """One run of the pipeline. Every default is declared here (and in BenchConfig); the CLIs read them."""
+
+    device: str = "x86"
+    model: str = "default"
+    task: str = "rotten_tomatoes"
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    encoding: str = "utf-8"  # of the user's files
+    output_dir: str = "artifacts"
+    cache_dir: str | None = None
+    eval_limit: int | None = None
+    batch_size: int = 32
+    max_seq_len: int = 128
+    backend: str = "auto"  # or an engine name from backends.ENGINES
+    isa: str | None = None  # target int8 ISA (sysinfo); None: this host's
+    calib_batches: int = 32
+    calib_method: str | None = None  # None: the device's measured default (config.DEFAULT_CALIB_METHOD)
+    skip_peers: bool = False
+    bench_only: bool = False  # skip evaluation: build, check kernels and time only
+    max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
+    fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
+    qat_epochs: float = 0.0
+    smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
+    layer_report: bool = False  # calib.py: print and save per-layer output error against fp32
+    allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
+    bench: BenchConfig = field(default_factory=BenchConfig)

@@ -411,14 +411,29 @@ def batches(features: Sequence[dict[str, list[int]]], batch_size: int, pad_id: i
         yield pad_batch(features[i : i + batch_size], pad_id, length)
 
 
-def calibration_batches(task: TaskData, tokenizer, n_batches: int, batch_size: int, max_seq_len: int,
-                        seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """`n_batches` seeded random batches from the train split: calibration never sees validation data."""
-    if not task.train:
-        raise UserError(f"task {task.name} has no train examples to calibrate on")
+def split_train(task: TaskData, n_calib: int, n_holdout: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """Calibration and holdout examples from one seeded shuffle of the train split (never validation).
+
+    The first n_calib examples calibrate; the last n_holdout are held out for choosing settings (auto-fallback,
+    --backend auto, sweeps). Disjoint by construction: a holdout that would reach into the calibration examples
+    is a UserError. With no holdout, calibration gets what there is when the split holds fewer than n_calib.
+    """
+    if n_holdout and n_calib + n_holdout > len(task.train):
+        raise UserError(f"train split ({len(task.train)} examples) too small for a {n_holdout}-example holdout beside "
+                        f"{n_calib} calibration examples")
     order = list(range(len(task.train)))
     random.Random(seed).shuffle(order)
-    picked = [task.train[i] for i in order[: n_batches * batch_size]]
+    calib = [task.train[i] for i in order[:n_calib]]
+    holdout = [task.train[i] for i in order[len(order) - n_holdout:]] if n_holdout else []
+    return calib, holdout
+
+
+def calibration_batches(task: TaskData, tokenizer, n_batches: int, batch_size: int, max_seq_len: int,
+                        seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """`n_batches` seeded random batches from the train split (split_train): calibration never sees validation."""
+    if not task.train:
+        raise UserError(f"task {task.name} has no train examples to calibrate on")
+    picked, _ = split_train(task, n_batches * batch_size, 0, seed)
     if len(picked) < n_batches * batch_size:
         print(f"warning: only {len(picked)} train examples: calibrating on {math.ceil(len(picked) / batch_size)} "
               f"batches, not {n_batches}", file=sys.stderr)
@@ -426,8 +441,5 @@ def calibration_batches(task: TaskData, tokenizer, n_batches: int, batch_size: i
 
 
 def train_holdout(task: TaskData, n: int, seed: int = 0) -> list[Example]:
-    """The last `n` train examples of the calibration shuffle: for choosing settings, disjoint from the
-    calibration batches whenever calibration uses fewer than len(train) - n examples; never validation."""
-    order = list(range(len(task.train)))
-    random.Random(seed).shuffle(order)
-    return [task.train[i] for i in order[-n:]] if n else []
+    """The last `n` train examples of the calibration shuffle (split_train without calibration examples)."""
+    return split_train(task, 0, n, seed)[1]

@@ -1,91 +1,22 @@
-"""Fake-quant model -> TorchScript and ONNX (QuantizeLinear/DequantizeLinear) artefacts.
+"""Converted model (Quantizer.convert) -> TorchScript and ONNX (QuantizeLinear/DequantizeLinear) artefacts.
 
 The torch.export graph cannot be re-traced with dynamic shapes by torch.jit.trace or the TorchScript-based
 ONNX exporter (sizes become constants), and only that exporter's graphs get ONNX Runtime's transformer fusions.
-So export rebuilds the same fake-quant model on the eager HF module: every quantized nn.Linear is wrapped with
-the very observers (frozen qparams) the graph calibrated, and the graph's (possibly QAT-trained) weights are
-copied back. Tests check that the graph and the exported artefacts agree.
+So export works on the converted eager HF module (qmodel.QuantLinear in place of each quantized nn.Linear, with
+the qparams the graph calibrated and the graph's possibly QAT-trained weights). Tests check that the graph and
+the exported artefacts agree.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 
 import torch
 
 from . import artifacts
-from .observers import Observer
-from .passes import observer_key
-from .quantizer import Quantizer
+from .qmodel import LogitsOnly
 
 OPSET = 17
-
-
-class FakeQuantLinear(torch.nn.Module):
-    """fq(x) @ fq(W^T) + b: the dequant -> matmul pattern engines fuse into an int8 GEMM.
-
-    The weight is transposed *before* fake-quant (per-channel axis 1), so the ONNX graph has
-    DequantizeLinear feeding MatMul directly; with F.linear the exporter put a Transpose between them,
-    and ONNX Runtime then fused only the activation side (MatMulIntegerToFloat on 6 of 14 linears).
-    """
-
-    def __init__(self, linear: torch.nn.Linear, act: Observer, weight: Observer):
-        super().__init__()
-        self.weight = linear.weight
-        if (weight.spec.qmin, weight.spec.qmax) != weight.spec.storage_range:
-            # A narrower grid (7-bit weights) is not expressible as a QuantizeLinear range: snap the weight onto
-            # it once here, so that the QDQ over the full int8 range below keeps exactly those integers.
-            with torch.no_grad():
-                self.weight = torch.nn.Parameter(weight(linear.weight.detach()), requires_grad=False)
-        self.bias = linear.bias
-        self.act = act
-        self.weight_fq = weight
-
-    def quantized_weight(self) -> torch.Tensor:
-        """fq(W^T), [in, out]."""
-        w, o = self.weight.t(), self.weight_fq
-        qmin, qmax = o.spec.storage_range
-        if o.spec.ch_axis is None:
-            return torch.fake_quantize_per_tensor_affine(w, o.scale, o.zero_point, qmin, qmax)
-        return torch.fake_quantize_per_channel_affine(w, o.scale, o.zero_point, 1, qmin, qmax)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.matmul(self.act(x), self.quantized_weight())
-        return y if self.bias is None else y + self.bias
-
-
-class LogitsOnly(torch.nn.Module):
-    """Positional inputs in a fixed order, logits out: what tracing and ONNX export need."""
-
-    def __init__(self, model: torch.nn.Module, input_names: tuple[str, ...]):
-        super().__init__()
-        self.model = model
-        self.input_names = input_names
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.input_names, inputs))).logits
-
-
-def fakequant_eager(model: torch.nn.Module, q: Quantizer) -> torch.nn.Module:
-    """A copy of the HF model carrying the quantizer's fake-quant ops (and the graph's current weights)."""
-    qmodel = copy.deepcopy(model).eval()
-    graph_state = q.observers()
-    params = dict(q.graph.named_parameters())
-    with torch.no_grad():
-        for name, p in qmodel.named_parameters():
-            if name in params:
-                p.copy_(params[name])
-    for point in q.quantized_points():
-        if point.kind != "linear":
-            raise NotImplementedError(f"eager export of {point.kind} quantization is not supported ({point.name})")
-        parent_name, _, attr = point.name.rpartition(".")
-        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
-        linear = getattr(parent, attr)
-        act = copy.deepcopy(graph_state[observer_key(point.name, "input")])
-        weight = copy.deepcopy(graph_state[observer_key(point.name, "weight")])
-        setattr(parent, attr, FakeQuantLinear(linear, act, weight))
-    return qmodel.eval()
 
 
 def export_onnx(model: torch.nn.Module, input_names: tuple[str, ...], example: dict, path: str | Path) -> Path:

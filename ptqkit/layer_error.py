@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .export import FakeQuantLinear, fakequant_eager
+from .qmodel import QuantLinear
 from .quantizer import Quantizer
 
 
@@ -65,7 +65,7 @@ def linear_modules(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Modul
 @torch.no_grad()
 def layer_errors(model: nn.Module, q: Quantizer, batches: list[dict]) -> list[LayerError]:
     """Errors of every quantized linear (see the module doc), worst local SQNR first."""
-    fq = fakequant_eager(model, q)
+    fq = q.convert(model)
     names = [p.name for p in q.quantized_points()]
     fp_mods, fq_mods = linear_modules(model, names), linear_modules(fq, names)
     sums = {n: _Sums() for n in names}
@@ -82,9 +82,9 @@ def layer_errors(model: nn.Module, q: Quantizer, batches: list[dict]) -> list[La
                 h.remove()
         for n in names:
             x, y = seen_fp[n]
-            m: FakeQuantLinear = fq_mods[n]
+            m: QuantLinear = fq_mods[n]
             wq = m.quantized_weight()
-            xq = m.act(x)
+            xq = m.quantized_input(x)
             outs = {"weight": x @ wq, "act": xq @ m.weight.t(), "local": xq @ wq, "cumulative": seen_fq[n]}
             bias = m.bias if m.bias is not None else 0.0
             ref = token_mask(batch, y)

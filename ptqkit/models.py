@@ -11,9 +11,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from tqdm import tqdm
 
@@ -198,23 +199,40 @@ def fine_tune(task: TaskData, cfg: FineTuneConfig):
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps = cfg.epochs * ((len(features) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
-    rng = random.Random(cfg.seed)
     model.train()
-    with all_cores(), tqdm(total=steps, desc="fine-tuning default model", unit="step") as bar:
-        for _ in range(cfg.epochs):
+    train_steps(lambda batch: model(**batch).logits, features, labels, task.num_labels, opt, steps, cfg.batch_size,
+                tokenizer.pad_token_id, cfg.seed, "fine-tuning default model", after_step=sched.step)
+    return model.eval(), tokenizer
+
+
+def train_steps(forward: Callable[[dict], torch.Tensor], features: list[dict], labels: list, num_labels: int,
+                opt: torch.optim.Optimizer, steps: int, batch_size: int, pad_id: int, seed: int, desc: str,
+                after_step: Callable[[], object] = lambda: None) -> int:
+    """The one training loop (fine-tuning, QAT): `steps` optimizer steps on the task loss over seeded shuffles
+    of the examples, a fresh shuffle per pass; `after_step` runs after each step (schedule, clamps). Returns the
+    steps taken."""
+    rng = random.Random(seed)
+    done = 0
+    with all_cores(), tqdm(total=steps, desc=desc, unit="step") as bar:
+        while done < steps:
             order = list(range(len(features)))
             rng.shuffle(order)
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                batch = next(batches([features[j] for j in idx], len(idx), tokenizer.pad_token_id))
-                out = model(**batch, labels=torch.tensor([labels[j] for j in idx]))
-                out.loss.backward()
+            for i in range(0, len(order), batch_size):
+                if done == steps:
+                    break
+                idx = order[i : i + batch_size]
+                logits = forward(next(batches([features[j] for j in idx], len(idx), pad_id)))
+                target = torch.tensor([labels[j] for j in idx])
+                loss = (F.mse_loss(logits.squeeze(-1), target.float()) if num_labels == 1
+                        else F.cross_entropy(logits.view(-1, num_labels), target.view(-1)))
+                loss.backward()
                 opt.step()
-                sched.step()
+                after_step()
                 opt.zero_grad()
+                done += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{out.loss.item():.3f}")
-    return model.eval(), tokenizer
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    return done
 
 
 @contextmanager

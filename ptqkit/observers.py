@@ -4,12 +4,8 @@ An `Observer` sits on one tensor of the quantized graph (an activation or a weig
 `observing` (update statistics on each forward) and `fake_quant` (return fake-quantized x instead of x). With
 fake_quant off the output *is* the input, so a calibrating model matches fp32 exactly.
 
-Range methods (`QuantSpec.method`):
-  minmax      running min/max, per-tensor or per-channel.
-  percentile  the `spec.percentile`-th percentile of |x| (symmetric) or both tails of x (affine).
-  mse         the clipping threshold minimising expected squared quantization error (rounding + clipping).
-  entropy     TensorRT-style KL-divergence calibration (symmetric only).
-The last three read a histogram, so they are per-tensor only (activations).
+Range methods (`QuantSpec.method`) are the registry in calibration.py: minmax uses the running min/max
+(per-tensor or per-channel); histogram methods (percentile, mse, entropy) clip inside it, per-tensor only.
 
 qparams from a range:
   symmetric:  half = (qmax - qmin) // 2 (= 127), zero_point = qmax - half (0 for int8, 128 for uint8),
@@ -29,13 +25,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .config import CALIB_METHODS, QuantSpec
+from .calibration import METHODS
+from .config import QuantSpec
+from .qmodel import fake_quantize
 
 EPS = torch.finfo(torch.float32).eps
-HIST_METHODS = ("percentile", "mse", "entropy")
-ENTROPY_LEVELS = 128  # TensorRT quantizes the reference distribution to 128 levels (one sign of int8)
-ENTROPY_FLOOR = 1e-4  # probability given to Q where P > 0 but Q == 0, so clipping costs a finite amount
-ENTROPY_CHUNK = 256  # candidate thresholds evaluated per matrix
 
 
 def _check_spec(spec: QuantSpec) -> None:
@@ -44,20 +38,15 @@ def _check_spec(spec: QuantSpec) -> None:
         raise ValueError(f"unknown quantization dtype {spec.dtype!r}; choose int8 or uint8")
     if spec.bits not in (7, 8):
         raise ValueError(f"unsupported bit width {spec.bits}; choose 8, or 7 (weights on x86 without VNNI)")
-    if spec.method not in CALIB_METHODS:
-        raise ValueError(f"unknown calibration method {spec.method!r}; choose one of {', '.join(CALIB_METHODS)}")
-    if spec.method in HIST_METHODS:
+    if spec.method not in METHODS:
+        raise ValueError(f"unknown calibration method {spec.method!r}; choose one of {', '.join(METHODS)}")
+    method = METHODS[spec.method]
+    if method.histogram:
         if spec.ch_axis is not None:
             raise ValueError(f"method {spec.method!r} is per-tensor only (histogram); use minmax with ch_axis")
         if spec.bins < 1:
             raise ValueError(f"histogram bins must be positive, got {spec.bins}")
-    if spec.method == "percentile" and not 0.0 < spec.percentile <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {spec.percentile}")
-    if spec.method == "entropy":
-        if not spec.symmetric:
-            raise ValueError("entropy calibration is symmetric only (KL on the |x| histogram)")
-        if spec.bins < ENTROPY_LEVELS:
-            raise ValueError(f"entropy calibration needs bins >= {ENTROPY_LEVELS}, got {spec.bins}")
+    method.check(spec)
 
 
 class NonFiniteInput(ValueError):
@@ -85,7 +74,7 @@ class Observer(nn.Module):
         self.name = ""
         self.observing = True
         self.fake_quant = False
-        uses_hist = spec.method in HIST_METHODS
+        uses_hist = METHODS[spec.method].histogram
         self.register_buffer("has_stats", torch.tensor(False))
         self.register_buffer("min_val", torch.empty(0))
         self.register_buffer("max_val", torch.empty(0))
@@ -113,11 +102,8 @@ class Observer(nn.Module):
         return self._fake_quantize(x)
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
-        """The tensor-qparams overloads, so the TorchScript ONNX exporter emits QuantizeLinear/DequantizeLinear."""
         s = self.spec
-        if s.ch_axis is None:
-            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, s.qmin, s.qmax)
-        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, s.ch_axis % x.dim(), s.qmin, s.qmax)
+        return fake_quantize(x, self.scale, self.zero_point, s.ch_axis, s.qmin, s.qmax)
 
     def freeze(self) -> None:
         """Fix qparams (kept if already computed from the current statistics), stop observing, start fake-quant."""
@@ -201,25 +187,15 @@ class Observer(nn.Module):
     def _range(self) -> tuple[Tensor, Tensor]:
         """The (lo, hi) to quantize: observed min/max, or the method's clipping thresholds inside them."""
         lo, hi = self.min_val, self.max_val
-        method = self.spec.method
-        if method == "minmax" or float(self.hist.sum()) == 0.0:
+        method = METHODS[self.spec.method]
+        if not method.histogram or float(self.hist.sum()) == 0.0:
             return lo, hi
         h, h_lo, h_hi = self.hist, float(self.hist_min), float(self.hist_max)
         if self.spec.symmetric:
             amax = float(torch.maximum(lo.abs(), hi.abs()))
-            if method == "percentile":
-                t = _hist_quantile(h, h_lo, h_hi, self.spec.percentile / 100.0)
-            elif method == "mse":
-                t = _mse_threshold(h, h_hi, self.spec.qmax - self.spec.qmin)
-            else:
-                t = _entropy_threshold(h, h_hi)
-            t = min(t, amax)  # a threshold beyond the data only coarsens the grid
+            t = min(method.threshold(h, h_lo, h_hi, self.spec), amax)  # beyond the data only coarsens the grid
             return torch.tensor(-t), torch.tensor(t)
-        if method == "percentile":
-            q = self.spec.percentile / 100.0
-            t_lo, t_hi = _hist_quantile(h, h_lo, h_hi, 1.0 - q), _hist_quantile(h, h_lo, h_hi, q)
-        else:  # mse (entropy is rejected for affine at construction)
-            t_lo, t_hi = _mse_range(h, h_lo, h_hi, self.spec.qmax - self.spec.qmin)
+        t_lo, t_hi = method.clip(h, h_lo, h_hi, self.spec)
         return torch.tensor(max(t_lo, float(lo))), torch.tensor(min(t_hi, float(hi)))
 
     # --- state -------------------------------------------------------------------------------------------
@@ -251,107 +227,12 @@ def _rebin(hist: Tensor, lo: float, hi: float, new_lo: float, new_hi: float) -> 
     return torch.diff(cdf[k] + (pos - k) * hist[k])
 
 
-def _hist_quantile(hist: Tensor, lo: float, hi: float, q: float) -> float:
-    """Value below which a fraction q of the mass lies, interpolating linearly inside the bin that crosses q."""
-    cdf = hist.cumsum(0)
-    target = q * float(cdf[-1])
-    k = min(int(torch.searchsorted(cdf, torch.tensor([target], dtype=cdf.dtype))), hist.numel() - 1)
-    below = float(cdf[k - 1]) if k else 0.0
-    frac = (target - below) / float(hist[k]) if float(hist[k]) else 0.0
-    return lo + (k + min(max(frac, 0.0), 1.0)) * (hi - lo) / hist.numel()
-
-
-def _prefix_moments(hist: Tensor, centers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """P_j[k] = sum_{i<k} n_i c_i^j for j = 0, 1, 2 (length bins+1): squared errors of any tail in O(1)."""
-    zero = hist.new_zeros(1)
-    return tuple(torch.cat([zero, (hist * centers**j).cumsum(0)]) for j in range(3))  # type: ignore[return-value]
-
-
-def _mse_threshold(hist: Tensor, hi: float, levels: int) -> float:
-    """Symmetric: argmin over bin edges T of E(T) = N_in(T) * s^2 / 12 + sum_{c_i > T} n_i (c_i - T)^2.
-
-    The histogram is of |x| over [0, hi]; s = T / (levels // 2) is the step, s^2 / 12 the mean squared rounding
-    error of values spread evenly inside a step, and clipped values lose their distance to T.
-    """
-    n = hist.numel()
-    width = hi / n
-    centers = (torch.arange(n, dtype=torch.float64) + 0.5) * width
-    edges = torch.arange(n + 1, dtype=torch.float64) * width
-    p0, p1, p2 = _prefix_moments(hist, centers)
-    tail = (p2[-1] - p2) - 2 * edges * (p1[-1] - p1) + edges**2 * (p0[-1] - p0)
-    error = p0 * (edges / (levels // 2)) ** 2 / 12 + tail
-    error[0] = math.inf  # T = 0 is not a grid
-    return float(edges[int(torch.argmin(error))])
-
-
-def _mse_range(hist: Tensor, lo: float, hi: float, levels: int) -> tuple[float, float]:
-    """Affine: argmin over edge pairs (a <= 0 <= b) of E = N_in s^2 / 12 + left and right clipping errors.
-
-    s = (b - a) / levels; left error sum_{c_i < a} n_i (a - c_i)^2, right sum_{c_i > b} n_i (c_i - b)^2, both
-    from prefix moments so the whole (a, b) grid is one broadcast.
-    """
-    n = hist.numel()
-    width = (hi - lo) / n
-    centers = lo + (torch.arange(n, dtype=torch.float64) + 0.5) * width
-    edges = lo + torch.arange(n + 1, dtype=torch.float64) * width
-    p0, p1, p2 = _prefix_moments(hist, centers)
-    ia = torch.nonzero(edges <= 0).flatten()
-    ib = torch.nonzero(edges >= 0).flatten()
-    a, b = edges[ia], edges[ib]
-    left = a**2 * p0[ia] - 2 * a * p1[ia] + p2[ia]
-    right = (p2[-1] - p2[ib]) - 2 * b * (p1[-1] - p1[ib]) + b**2 * (p0[-1] - p0[ib])
-    inside = p0[ib][None, :] - p0[ia][:, None]
-    step = (b[None, :] - a[:, None]) / levels
-    error = inside * step**2 / 12 + left[:, None] + right[None, :]
-    error[step <= 0] = math.inf
-    k = int(torch.argmin(error))
-    return float(a[k // b.numel()]), float(b[k % b.numel()])
-
-
-def _entropy_threshold(hist: Tensor, hi: float) -> float:
-    """TensorRT-style: the |x| threshold whose 128-level quantization loses least information, as KL(P || Q).
-
-    For each candidate i = 128..bins (threshold = upper edge of bin i-1):
-      P = hist[:i] with all mass beyond the threshold folded into its last bin (clipping);
-      Q = hist[:i] merged into 128 equal groups of bins (bin b -> group floor(b * 128 / i)), each group's count
-          spread evenly over the bins where P is non-zero (quantizing the unclipped distribution);
-      both normalised; where P > 0 but Q = 0 (clipped mass with no data nearby) Q gets ENTROPY_FLOOR.
-    Returns the candidate with minimal KL(P || Q) = sum P log(P / Q). Candidates are rows of a matrix,
-    ENTROPY_CHUNK at a time, so all of them cost a few tensor ops.
-    """
-    n, levels = hist.numel(), ENTROPY_LEVELS
-    tail = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])  # tail[i] = sum(hist[i:])
-    bins = torch.arange(n)
-    best_kl, best_i = math.inf, n
-    for chunk in torch.arange(levels, n + 1).split(ENTROPY_CHUNK):
-        rows = torch.arange(chunk.numel())
-        inside = bins[None, :] < chunk[:, None]
-        h = hist[None, :] * inside  # the unclipped slice hist[:i], zero beyond
-        p = h.clone()
-        p[rows, chunk - 1] += tail[chunk]
-        groups = (bins[None, :] * levels // chunk[:, None]).clamp(max=levels - 1)
-        flat = (rows[:, None] * levels + groups).flatten()
-        nonzero = (p > 0).double()
-        group_sum = hist.new_zeros(chunk.numel() * levels).index_add_(0, flat, h.flatten()).view(-1, levels)
-        group_nz = hist.new_zeros(chunk.numel() * levels).index_add_(0, flat, nonzero.flatten()).view(-1, levels)
-        q = nonzero * group_sum.gather(1, groups) / group_nz.gather(1, groups).clamp_min(1.0)
-        q = q / q.sum(1, keepdim=True).clamp_min(1e-300)
-        q = torch.where((p > 0) & (q == 0), ENTROPY_FLOOR, q)
-        q = q / q.sum(1, keepdim=True)
-        pn = p / p.sum(1, keepdim=True)
-        kl = torch.where(pn > 0, pn * torch.log(pn / q), 0.0).sum(1)
-        k = int(torch.argmin(kl))
-        if float(kl[k]) < best_kl:
-            best_kl, best_i = float(kl[k]), int(chunk[k])
-    return best_i * hi / n
-
-
 # --- LSQ ---------------------------------------------------------------------------------------------------
 class LSQQuantizer(nn.Module):
     """Fake-quant with a learnable scale (LSQ, Esser et al. 2020) for QAT, initialised from a frozen Observer.
 
-    forward: q = clamp(round_ste(x / s) + z, qmin, qmax), y = (q - z) * s, where round_ste rounds forward and
-    passes the gradient straight through, and s's gradient is multiplied by g = 1 / sqrt(N * Q_P) with
+    forward: qmodel.fake_quantize with the LSQ gradient: x's passes straight through rounding inside the grid,
+    s's is LSQ's ((q - z) - x / s inside, the clamped level outside) multiplied by g = 1 / sqrt(N * Q_P) with
     N = x.numel() / scale.numel() (elements sharing one scale, batch included, so the step does not grow with
     batch size) and Q_P = qmax - z (127). Symmetric only: z is fixed. Per-channel scales broadcast along ch_axis.
     """
@@ -380,18 +261,10 @@ class LSQQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.fake_quant:
             return x
-        s, z = self.scale, self.zero_point.float()
-        if self.spec.ch_axis is not None:  # [C] -> [1, .., C, .., 1] along ch_axis
-            shape = [1] * x.dim()
-            shape[self.spec.ch_axis % x.dim()] = -1
-            s, z = s.view(shape), z.view(shape)
         q_pos = self.spec.qmax - float(self.zero_point.flatten()[0])
         g = 1.0 / math.sqrt(x.numel() / self.scale.numel() * q_pos)
-        s = s.clamp_min(EPS)
-        s = (s - s * g).detach() + s * g  # value s, gradient scaled by g
-        v = x / s + z
-        v = (v.round() - v).detach() + v  # straight-through rounding
-        return (v.clamp(self.spec.qmin, self.spec.qmax) - z) * s
+        return fake_quantize(x, self.scale.clamp_min(EPS), self.zero_point, self.spec.ch_axis, self.spec.qmin,
+                             self.spec.qmax, grad_factor=g)
 
     def export_qparams(self) -> tuple[Tensor, Tensor]:
         """(scale float32, zero_point int32) as learned, in the Observer's format."""

@@ -2,63 +2,33 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import artifacts, peers, report, runtime
-from .backends import get_backend
+from .backends import get_backend, installed_engines
+from .backends.base import ONNX, Engine, KernelEvidence, ModelForms, Runner
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
-from .config import QuantConfig
-from .data import TaskData, calibration_batches, encode, load_task, train_holdout
+from .config import QuantConfig, RunConfig
+from .data import TaskData, calibration_batches, encode, load_task, split_train
 from .errors import UserError, one_line
 from .evaluation import argmax_agreement, evaluate, predict_logits
 from .layer_error import format_table, layer_errors
-from .export import export_onnx, export_torchscript, fakequant_eager
+from .export import export_onnx, export_torchscript
 from .models import load_model
 from .peers import Peer
+from .qmodel import LogitsOnly
 from .qat import QATConfig, train_qat
 from .smoothquant import collect_input_absmax, smooth
 from .quantizer import Quantizer, run_calibration
-from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, installed_engines, least_confident, select_engine
+from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, least_confident, select_engine
 
 LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
-INT8_VARIANT_NOTES = {"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"}
-
-
-@dataclass
-class RunConfig:
-    device: str = "x86"
-    model: str = "default"
-    task: str = "rotten_tomatoes"
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_columns: tuple[str, ...] | None = None
-    label_column: str | None = None
-    encoding: str = "utf-8"  # of the user's files
-    output_dir: str = "artifacts"
-    cache_dir: str | None = None
-    eval_limit: int | None = None
-    batch_size: int = 32
-    max_seq_len: int = 128
-    backend: str = "auto"  # or an engine name from backends.BACKENDS
-    isa: str | None = None  # target int8 ISA (sysinfo); None: this host's
-    calib_batches: int = 32
-    calib_method: str | None = None  # None: the device's measured default (config.DEFAULT_CALIB_METHOD)
-    skip_peers: bool = False
-    bench_only: bool = False  # skip evaluation: build, check kernels and time only
-    max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
-    fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
-    qat_epochs: float = 0.0
-    smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
-    layer_report: bool = False  # calib.py: print and save per-layer output error against fp32
-    allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
-    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 @dataclass
@@ -111,105 +81,96 @@ def feed_inputs(model, tokenizer) -> tuple[str, ...]:
 
 @dataclass
 class Variant:
-    """One model type in the report: its record (name, engine, precision, ...) and how to build a runner."""
+    """One model type in the report, as data: its record, how to build its runner, what it is compared with.
+
+    record: the report entry (name, engine, precision; peer/optional/note), filled in as the run goes.
+    build: threads -> runner; None when it is not built (failed).
+    reference: this variant *is* the named reference ("fp32" or "fakequant") the others compare against.
+    compare: the references whose argmax agreement the report gives (agreement_with_<reference>).
+    measured: kernels counted and latency timed (False for the fake-quant reference, whose fp32 math says
+    nothing about speed). pad_to: evaluate on batches padded to this length (engines with fixed shapes).
+    host_check: the int8 variant whose labels go into host_check.json beside the fake-quant logits.
+    """
 
     record: dict
-    build: Callable[[int], object]  # threads -> runner
+    build: Callable[[int], Runner] | None
+    reference: str | None = None
+    compare: tuple[str, ...] = ("fp32",)
+    measured: bool = True
+    pad_to: int | None = None
+    host_check: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.record["name"]
+
+    @property
+    def required(self) -> bool:
+        """Our own variants fail the run; a peer or an optional variant is reported as failed instead."""
+        return not (self.record.get("peer") or self.record.get("optional"))
+
+
+def engine_variants(engine: Engine, forms: ModelForms, precisions: tuple[str, ...], max_seq_len: int) -> list[Variant]:
+    """The engine's fp32 and our int8 model in each of `precisions` (the first is ours; later ones are optional)."""
+    pad_to = max_seq_len if engine.fixed_shapes else None
+
+    def variant(precision: str, model: str, **record) -> Variant:
+        form = forms.get(engine.takes, model)
+        return Variant({"name": f"{engine.name}-{precision}", "engine": engine.name, "precision": precision, **record},
+                       lambda t: engine.compile(form, t, precision), pad_to=pad_to,
+                       compare=("fp32",) if model == "fp32" else ("fp32", "fakequant"))
+
+    out = [variant("fp32", "fp32")]
+    for i, precision in enumerate(precisions):
+        note = {"note": engine.variant_notes[precision]} if precision in engine.variant_notes else {}
+        out.append(variant(precision, "int8", **({"optional": True} if i else {}), **note))
+    out[1].host_check = True
+    return out
 
 
 def run(cfg: RunConfig) -> dict:
     """fp32 baseline, PTQ, export, compile on the engine, peers, evaluate and time every variant, report."""
     auto = cfg.backend == "auto"
     check_backend_name(cfg.backend)
-    backend = None if auto else get_backend(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     threads = cfg.bench.threads[0]
     calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     q, steps = calibrate(ld, cfg, calib)
     q.save(out_dir / "quant_state")
-    paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
+    converted = q.convert(ld.model)
+    paths = export_artifacts(ld.model, converted, ld.input_names, out_dir)
     write_runtime_files(ld, cfg, out_dir)
+    forms = ModelForms(onnx={"fp32": paths["fp32_onnx"], "int8": paths["int8_onnx"]},
+                       module={"fp32": LogitsOnly(ld.model, ld.input_names), "int8": LogitsOnly(converted, ld.input_names)})
 
     built: dict = {}  # runners already compiled for the first thread count, reused for evaluation and timing
     selection = None
     if auto:
-        selection = choose_engine(q, ld, cfg, calib, paths, threads)
-        backend, ours = selection.engine, (selection.precision,)
+        selection = choose_engine(q, ld, cfg, calib, forms, threads)
+        engine, ours = selection.engine, (selection.precision,)
         built.update(selection.runners)
     else:
-        ours = backend.int8_variants
-    if backend.name == "inductor":  # compiles torch modules, not files
-        fq_eager = fakequant_eager(ld.model, q)
-        build_fp32 = lambda t: backend.compile_module(ld.model, ld.input_names, t, "fp32")  # noqa: E731
-        build_int8 = lambda t, p: backend.compile_module(fq_eager, ld.input_names, t, p)  # noqa: E731
-    else:
-        build_fp32 = lambda t: backend.compile(paths["fp32_onnx"], t, "fp32")  # noqa: E731
-        build_int8 = lambda t, p: backend.compile(paths["int8_onnx"], t, p)  # noqa: E731
-    variants = [
-        Variant({"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"}, lambda t: TorchRunner(ld.model, ld.input_names, t)),
-        Variant({"name": f"{backend.name}-fp32", "engine": backend.name, "precision": "fp32"}, build_fp32),
-    ]
-    for precision in ours:
-        record = {"name": f"{backend.name}-{precision}", "engine": backend.name, "precision": precision}
-        if precision != ours[0]:  # an extra variant of the forced engine: reported as failed, never fatal
-            record["optional"] = True
-        if precision in INT8_VARIANT_NOTES:
-            record["note"] = INT8_VARIANT_NOTES[precision]
-        variants.append(Variant(record, lambda t, p=precision: build_int8(t, p)))
-    ours_int8 = [f"{backend.name}-{precision}" for precision in ours]  # the first one is the chosen variant
+        engine = get_backend(cfg.backend)
+        ours = engine.int8_variants
+    variants = [Variant({"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"},
+                        lambda t: TorchRunner(ld.model, ld.input_names, t), reference="fp32", compare=())]
+    if not cfg.bench_only:
+        variants.append(Variant({"name": "pytorch-fakequant", "engine": "pytorch", "precision": "int8-fakequant",
+                                 "note": "reference fake-quant graph (fp32 math); not timed"},
+                                lambda t: TorchRunner(q.quantize(), ld.input_names, t), reference="fakequant",
+                                measured=False))
+    variants += engine_variants(engine, forms, ours, cfg.max_seq_len)
     if not cfg.skip_peers:
         variants += build_peers(ld, paths["fp32_onnx"], calib, out_dir)
-    built = {v.record["name"]: built[v.record["name"]] for v in variants if v.record["name"] in built}
+    built = {v.name: built[v.name] for v in variants if v.name in built}
 
-    fq_logits = None
-    if not cfg.bench_only:
-        fq_runner = TorchRunner(q.quantize(), ld.input_names, threads)
-        fq_logits = predict_logits(fq_runner, ld.val_features, cfg.batch_size, ld.pad_id, desc="evaluating pytorch-fakequant")
-        variants.insert(1, Variant({"name": "pytorch-fakequant", "engine": "pytorch", "precision": "int8-fakequant",
-                                    "note": "reference fake-quant graph (fp32 math); not timed",
-                                    "metrics": evaluate(fq_logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)}, None))
-    for v in variants:
-        if v.build is None:
-            continue
-        try:
-            runner = built.get(v.record["name"]) or v.build(threads)
-            built[v.record["name"]] = runner
-            evidence = runner.kernels()
-            v.record.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other, kernel_details=evidence.details)
-            if v.record["precision"].startswith("int8") and evidence.int8 == 0:
-                if not cfg.allow_no_int8:
-                    raise RuntimeError(f"{v.record['engine']} ran {v.record['name']} without any int8 kernel ({evidence.details}); "
-                                       "refusing to report it as int8 (pass --allow-no-int8 to report it as such)")
-                v.record["note"] = "NO int8 kernels ran: the engine executed this model in floating point"
-            if cfg.bench_only:  # not evaluated: one call so that a failing engine shows before timing
-                runner(synthetic_inputs(cfg.bench.shapes[0], ld.model.config.vocab_size, ld.input_names))
-                continue
-            # Inductor compiles one graph per shape: evaluate it on batches padded to one length.
-            pad_to = cfg.max_seq_len if v.record["engine"] == "inductor" else None
-            logits = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, f"evaluating {v.record['name']}", pad_to)
-            v.record["metrics"] = evaluate(logits, ld.val_labels, ld.task.metrics, ld.task.num_labels)
-            if v.record["name"] == "pytorch-fp32":  # evaluated first: the reference for every other variant
-                fp32_logits = logits
-            else:
-                v.record["agreement_with_fp32"] = argmax_agreement(logits, fp32_logits)
-            if v.record["name"] in ours_int8:
-                v.record["agreement_with_fakequant"] = argmax_agreement(logits, fq_logits)
-            if v.record["name"] == ours_int8[0]:
-                write_host_check(ld, fq_logits, logits, ours_int8[0], out_dir)
-        except Exception as e:  # noqa: BLE001 - a peer or optional engine never takes the run down
-            if not (v.record.get("peer") or v.record.get("optional")):
-                raise
-            mark_failed(v.record, e)
-            v.build = None
-            built.pop(v.record["name"], None)
-    if fq_logits is not None:
-        variants[1].record["agreement_with_fp32"] = argmax_agreement(fq_logits, fp32_logits)
+    evaluate_variants(variants, ld, cfg, built, threads, out_dir)
 
-    latency = measure_latency({v.record["name"]: v.build for v in variants if v.build is not None}, ld, cfg.bench, built)
-    for v in variants:
-        if v.record["name"] in latency:
-            v.record["latency_ms"] = latency[v.record["name"]]
+    timed = [v for v in variants if v.build is not None and v.measured]
+    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench, built)
+    for v in timed:
+        v.record["latency_ms"] = latency[v.name]
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
                        [v.record for v in variants], cfg.bench)
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
@@ -229,7 +190,52 @@ def run(cfg: RunConfig) -> dict:
     return rep
 
 
-def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], paths: dict[str, Path],
+def evaluate_variants(variants: list[Variant], ld: Loaded, cfg: RunConfig, built: dict, threads: int,
+                      out_dir: Path) -> None:
+    """Build (or reuse from `built`), check kernels, evaluate every variant, then compare each with the references
+    it names. A peer or optional variant that fails is marked failed (build None); any other failure is raised."""
+    logits: dict[str, np.ndarray] = {}
+    for v in variants:
+        if v.build is None:
+            continue
+        try:
+            runner = built.get(v.name) or v.build(threads)
+            built[v.name] = runner
+            if v.measured:
+                record_kernels(v.record, runner.kernels(), cfg.allow_no_int8)
+            if cfg.bench_only:  # not evaluated: one call so that a failing engine shows before timing
+                runner(synthetic_inputs(cfg.bench.shapes[0], ld.model.config.vocab_size, ld.input_names))
+                continue
+            logits[v.name] = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, f"evaluating {v.name}",
+                                            v.pad_to)
+            v.record["metrics"] = evaluate(logits[v.name], ld.val_labels, ld.task.metrics, ld.task.num_labels)
+        except Exception as e:  # noqa: BLE001 - a peer or optional engine never takes the run down
+            if v.required:
+                raise
+            mark_failed(v.record, e)
+            v.build = None
+            built.pop(v.name, None)
+    references = {v.reference: logits[v.name] for v in variants if v.reference and v.name in logits}
+    for v in variants:
+        for ref in v.compare if v.name in logits else ():
+            v.record[f"agreement_with_{ref}"] = argmax_agreement(logits[v.name], references[ref])
+        if v.host_check and v.name in logits:
+            write_host_check(ld, references["fakequant"], logits[v.name], v.name, out_dir)
+
+
+def record_kernels(record: dict, evidence: KernelEvidence, allow_no_int8: bool) -> None:
+    """Put the engine's kernel evidence on the record; an int8 variant without int8 kernels fails (or, allowed,
+    is noted as such)."""
+    record.update(int8_kernels=evidence.int8, fp32_kernels=evidence.fp32, other_kernels=evidence.other,
+                  kernel_details=evidence.details)
+    if record["precision"].startswith("int8") and evidence.int8 == 0:
+        if not allow_no_int8:
+            raise RuntimeError(f"{record['engine']} ran {record['name']} without any int8 kernel ({evidence.details}); "
+                               "refusing to report it as int8 (pass --allow-no-int8 to report it as such)")
+        record["note"] = "NO int8 kernels ran: the engine executed this model in floating point"
+
+
+def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], forms: ModelForms,
                   threads: int) -> Selection:
     """--backend auto, checked on the held-out train sentences where precision decides.
 
@@ -240,14 +246,14 @@ def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], p
     """
     n_calib = sum(int(b["input_ids"].shape[0]) for b in calib)
     n = min(POOL_SIZE, max(0, len(ld.task.train) - n_calib))
-    pool, kind = train_holdout(ld.task, n), "held-out train sentences"
+    pool, kind = split_train(ld.task, n_calib, n)[1], "held-out train sentences"
     if n < MIN_POOL:
-        pool, kind = train_holdout(ld.task, len(ld.task.train))[:POOL_SIZE], "calibration sentences"
+        pool, kind = split_train(ld.task, POOL_SIZE, 0)[0], "calibration sentences"
     features = encode(ld.tokenizer, pool, cfg.max_seq_len)
     fq_logits = predict_logits(TorchRunner(q.quantize(), ld.input_names, threads), features, cfg.batch_size, ld.pad_id,
                                desc="checking pytorch-fakequant")
     picked = least_confident(fq_logits, SELECTION_SIZE)
-    sel = select_engine(paths, fq_logits[picked], [features[i] for i in picked],
+    sel = select_engine(forms, fq_logits[picked], [features[i] for i in picked],
                         f"least confident of {len(pool)} {kind}", cfg.batch_size, ld.pad_id, ld.input_names,
                         ld.model.config.vocab_size, cfg.bench.shapes[0], threads)
     print(f"--backend auto: {sel.record['chosen']} ({sel.record['reason']})")
@@ -258,9 +264,7 @@ def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], h
     """Leave the fewest, most sensitive layers in fp32 until the fake-quant drop on a held-out slice of the
     train split is within cfg.max_accuracy_drop points of the task's first metric (validation is never used).
     Returns the holdout drop reached; the chosen layers are in q.fallback_layers."""
-    holdout = train_holdout(ld.task, holdout_size)
-    if len(ld.task.train) - holdout_size < len(calib) * cfg.batch_size:
-        raise UserError(f"train split too small for a {holdout_size}-example holdout beside the calibration batches")
+    _, holdout = split_train(ld.task, len(calib) * cfg.batch_size, holdout_size)
     features = encode(ld.tokenizer, holdout, cfg.max_seq_len)
     labels = [e.label for e in holdout]
     metric = ld.task.metrics[0]
@@ -326,10 +330,9 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     if cfg.smoothquant is not None:
         # In place on the float model: its outputs do not change, only where the range sits.
         steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
-    q = Quantizer(device=cfg.device, backend=cfg.backend, config=config)
-    calib_model = q.calib(ld.model, ld.input_names)
+    q = Quantizer(device=cfg.device, config=config)
+    calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how
-    q.weights_changed = bool(steps.get("smoothed"))  # the state must carry the smoothed weights
     run_calibration(calib_model, data, total=len(data))
     q.quantize()
     if cfg.max_accuracy_drop is not None:
@@ -339,14 +342,13 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     return q, steps
 
 
-def export_artifacts(model, q: Quantizer, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
-    """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript, each written atomically."""
+def export_artifacts(model, converted, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
+    """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript (from the converted model), each written atomically."""
     example = _export_example(model, input_names)
-    fq_model = fakequant_eager(model, q)
     return {
         "fp32_onnx": export_fp32(model, input_names, out_dir / "model_fp32.onnx"),
-        "int8_onnx": export_onnx(fq_model, input_names, example, out_dir / "model_int8_qdq.onnx"),
-        "int8_torchscript": export_torchscript(fq_model, input_names, example, out_dir / "model_int8_fakequant.pt"),
+        "int8_onnx": export_onnx(converted, input_names, example, out_dir / "model_int8_qdq.onnx"),
+        "int8_torchscript": export_torchscript(converted, input_names, example, out_dir / "model_int8_fakequant.pt"),
     }
 
 
@@ -384,7 +386,7 @@ def export_fp32(model, input_names: tuple[str, ...], path: Path) -> Path:
 
 def export_int8(model, q: Quantizer, input_names: tuple[str, ...], path: Path) -> Path:
     """Only the QDQ ONNX (what the engines compile), written atomically."""
-    return export_onnx(fakequant_eager(model, q), input_names, _export_example(model, input_names), path)
+    return export_onnx(q.convert(model), input_names, _export_example(model, input_names), path)
 
 
 def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict | None = None) -> dict[str, list[dict]]:
@@ -404,25 +406,22 @@ def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict 
 
 
 def config_from_args(args) -> RunConfig:
-    """argparse namespace -> RunConfig; bad flag values become UserError."""
+    """argparse namespace -> RunConfig; flags a CLI does not have keep RunConfig's defaults (declared once there).
+    Bad flag values become UserError."""
     from .bench import parse_shapes, parse_threads
 
+    given = vars(args)
+    default = RunConfig()
     try:
-        bench = BenchConfig(shapes=parse_shapes(getattr(args, "shapes", "1x128,6x64")),
-                            threads=parse_threads(getattr(args, "threads", None)), rounds=getattr(args, "rounds", 30))
+        bench = replace(default.bench, threads=parse_threads(given.get("threads")),
+                        **({"shapes": parse_shapes(given["shapes"])} if given.get("shapes") else {}),
+                        **({"rounds": given["rounds"]} if given.get("rounds") else {}))
     except ValueError as e:
         raise UserError(str(e)) from None
-    return RunConfig(
-        device=args.device, model=args.model, task=args.task, data_dir=args.data_dir,
-        train_file=args.train_file, validation_file=args.validation_file,
-        text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
-        label_column=args.label_column, encoding=args.encoding, output_dir=args.output_dir, cache_dir=args.cache_dir,
-        eval_limit=getattr(args, "eval_limit", None), batch_size=args.batch_size, max_seq_len=args.max_seq_len, bench=bench,
-        backend=args.backend, isa=None if getattr(args, "isa", "auto") == "auto" else args.isa, calib_batches=getattr(args, "calib_batches", 32), calib_method=getattr(args, "calib_method", None),
-        skip_peers=getattr(args, "skip_peers", False), bench_only=getattr(args, "bench_only", False),
-        allow_no_int8=getattr(args, "allow_no_int8", False), max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
-        layer_report=getattr(args, "layer_report", False), qat_epochs=getattr(args, "qat_epochs", 0.0), smoothquant=getattr(args, "smoothquant", None),
-    )
+    names = {f.name for f in fields(RunConfig)} - {"bench", "text_columns", "isa"}
+    return replace(default, bench=bench, **{k: v for k, v in given.items() if k in names},
+                   text_columns=tuple(args.text_columns.split(",")) if given.get("text_columns") else None,
+                   isa=None if given.get("isa", "auto") == "auto" else args.isa)
 
 
 def calib_step(cfg: RunConfig) -> Path:
@@ -455,20 +454,20 @@ def export_step(cfg: RunConfig) -> dict[str, Path]:
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     q = Quantizer.load(out_dir / "quant_state", ld.model, ld.input_names)
-    paths = export_artifacts(ld.model, q, ld.input_names, out_dir)
+    paths = export_artifacts(ld.model, q.convert(ld.model), ld.input_names, out_dir)
     write_runtime_files(ld, cfg, out_dir)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return paths
 
 
-def check_backend_name(name: str) -> None:
+def check_backend_name(backend: str) -> None:
     """Fail early on a bad --backend, before the model is loaded."""
-    if name == "auto":
+    if backend == "auto":
         if not installed_engines():
             raise UserError("--backend auto needs openvino or onnxruntime: pip install -r requirements.txt")
     else:
-        get_backend(name)
+        get_backend(backend)
 
 
 def _qparams_summary(scale, zero_point) -> dict:
@@ -480,9 +479,11 @@ def _qparams_summary(scale, zero_point) -> dict:
 def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
     """bench.py: time PyTorch fp32 and each engine's fp32/int8 artefacts from --output-dir; write bench.json."""
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    if "inductor" in backends:
-        raise UserError("bench.py times exported files; Inductor compiles the model itself: use bert_ptq.py --backend inductor")
     engines = [get_backend(b) for b in (installed_engines() if backends == ["auto"] else backends)]
+    for engine in engines:
+        if engine.takes != ONNX:
+            raise UserError(f"bench.py times exported files; {engine.name} compiles the model itself: "
+                            f"use bert_ptq.py --backend {engine.name}")
     paths = {"fp32": out_dir / "model_fp32.onnx", "int8": out_dir / "model_int8_qdq.onnx"}
     for path in paths.values():
         if not path.is_file():

@@ -1,15 +1,12 @@
 """QAT: continue from the PTQ state and learn LSQ scales (and weights) on the train split."""
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from .data import TaskData, batches, encode
-from .models import all_cores
+from .data import TaskData, encode
+from .models import train_steps
 from .observers import LSQQuantizer
 from .quantizer import Quantizer
 
@@ -34,31 +31,15 @@ def train_qat(q: Quantizer, task: TaskData, tokenizer, cfg: QATConfig) -> int:
     groups = [{"params": [s], "lr": cfg.lr_scales * float(s.detach().abs().mean()), "weight_decay": 0.0} for s in scales]
     opt = torch.optim.AdamW(groups + [{"params": weights, "lr": cfg.lr_weights}])
     features = encode(tokenizer, task.train, cfg.max_seq_len)
-    labels = [e.label for e in task.train]
-    order = list(range(len(features)))
-    rng = random.Random(cfg.seed)
-    steps = max(1, int(cfg.epochs * len(order) / cfg.batch_size))
-    done = 0
-    with all_cores(), tqdm(total=steps, desc="QAT", unit="step") as bar:
-        while done < steps:
-            rng.shuffle(order)
-            for i in range(0, len(order), cfg.batch_size):
-                if done == steps:
-                    break
-                idx = order[i : i + cfg.batch_size]
-                batch = next(batches([features[j] for j in idx], len(idx), tokenizer.pad_token_id or 0))
-                logits = graph(**batch).logits
-                target = torch.tensor([labels[j] for j in idx])
-                loss = F.mse_loss(logits.squeeze(-1), target.float()) if task.num_labels == 1 else F.cross_entropy(logits, target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    for s in scales:
-                        s.clamp_(min=torch.finfo(torch.float32).eps)
-                done += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+    steps = max(1, int(cfg.epochs * len(features) / cfg.batch_size))
+
+    def clamp_scales() -> None:
+        with torch.no_grad():
+            for s in scales:
+                s.clamp_(min=torch.finfo(torch.float32).eps)
+
+    done = train_steps(lambda batch: graph(**batch).logits, features, [e.label for e in task.train], task.num_labels,
+                       opt, steps, cfg.batch_size, tokenizer.pad_token_id or 0, cfg.seed, "QAT", after_step=clamp_scales)
     q.end_qat()
     q.quantize()
     return done

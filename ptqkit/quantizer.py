@@ -21,26 +21,35 @@ from . import artifacts
 from .capture import CaptureError, capture
 from .config import QuantConfig
 from .errors import UserError
-from .observers import LSQQuantizer, NonFiniteInput, Observer
+from .observers import LSQQuantizer, NonFiniteInput
+from .qmodel import QuantLinear, fake_quantize
 from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
 
 STATE_VERSION = 1
+# The quantizer's states. OBSERVING: activation observers collect statistics, outputs equal fp32 (weights were
+# observed once when the observers went in). QUANTIZED: frozen qparams, the graph fake-quantizes every point
+# except the fallback layers. TRAINING: QAT, LSQ quantizers with learnable scales in place of the observers.
+NEW, OBSERVING, QUANTIZED, TRAINING = "new", "observing", "quantized", "training"
 
 
 class Quantizer:
-    def __init__(self, device: str = "x86", backend: str = "openvino", config: QuantConfig | None = None):
+    def __init__(self, device: str = "x86", config: QuantConfig | None = None):
         self.config = config or QuantConfig.for_device(device)
-        self.backend = backend
+        self.state = NEW
         self.points: list[QuantPoint] = []
         self.fallback_layers: list[str] = []
-        self.graph: torch.fx.GraphModule | None = None  # the observed graph, shared by every mode
+        self.graph: torch.fx.GraphModule | None = None  # the observed graph, shared by every state
         self.captured_how = ""  # how torch.export captured the graph (for the report)
-        self.weights_changed = False  # set by qat() or smoothing: the graph's weights differ from the checkpoint
+        self.carries_weights = False  # the graph's weights differ from the checkpoint: the saved state has them
 
     # --- the workflow -------------------------------------------------------------------------------------
-    def calib(self, model: torch.nn.Module, input_names: tuple[str, ...] | None = None) -> torch.fx.GraphModule:
+    def calib(self, model: torch.nn.Module, input_names: tuple[str, ...] | None = None,
+              weights_changed: bool = False) -> torch.fx.GraphModule:
         """Capture a copy of the model (QAT must not train the caller's weights) taking `input_names` (default:
-        every input its forward takes) and insert observers; run calibration batches through the returned graph."""
+        every input its forward takes) and insert observers; run calibration batches through the returned graph.
+
+        weights_changed: the model's weights are no longer its checkpoint's (SmoothQuant folded scales into
+        them), so the saved state must carry them."""
         try:
             captured = capture(copy.deepcopy(model), input_names)
         except CaptureError as e:
@@ -50,19 +59,50 @@ class Quantizer:
         self.points = find_quant_points(self.graph, self.config)
         if not self.points:
             raise UserError("nothing to quantize: every linear was excluded")
-        insert_observers(self.graph, self.points, self.config)
-        self._set_mode(observing=True, fake_quant=False)
+        insert_observers(self.graph, self.points, self.config)  # observing, no fake-quant (weights seen once)
+        self.state, self.carries_weights = OBSERVING, weights_changed
         return self.graph
 
     def quantize(self) -> torch.fx.GraphModule:
         """The fake-quant graph: frozen qparams on every point except the fallback layers."""
         graph = self._require_graph()
+        if self.state == TRAINING:
+            raise RuntimeError("quantize() during QAT: call end_qat() first")
         self._check_observed()
         for key, obs in self.observers().items():
-            if isinstance(obs, Observer) and not obs.fake_quant:
+            if not obs.fake_quant:
                 obs.freeze()
         self._apply_fallback()
+        self.state = QUANTIZED
         return graph
+
+    def convert(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The converted quantized model (qmodel.py): a copy of the float HF `model` carrying the graph's current
+        weights, with every quantized linear a QuantLinear holding these frozen qparams. TorchScript and ONNX
+        export and the module engines all start from it."""
+        qmodel = copy.deepcopy(model).eval()
+        obs = self.observers()
+        params = dict(self._require_graph().named_parameters())
+        with torch.no_grad():
+            for name, p in qmodel.named_parameters():
+                if name in params:
+                    p.copy_(params[name])
+        for point in self.quantized_points():
+            if point.kind != "linear":
+                raise NotImplementedError(f"conversion of {point.kind} quantization is not supported ({point.name})")
+            parent_name, _, attr = point.name.rpartition(".")
+            parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+            linear = getattr(parent, attr)
+            act, w = obs[observer_key(point.name, "input")], obs[observer_key(point.name, "weight")]
+            if act.spec.ch_axis is not None:
+                raise NotImplementedError(f"conversion of per-channel activations is not supported ({point.name})")
+            w_qparams = _frozen_qparams(w)
+            weight = linear.weight.detach()
+            if (w.spec.qmin, w.spec.qmax) != w.spec.storage_range:  # narrower grid: snap onto it (QuantLinear doc)
+                weight = fake_quantize(weight, *w_qparams, w.spec.ch_axis, w.spec.qmin, w.spec.qmax)
+            setattr(parent, attr, QuantLinear(weight, linear.bias, _frozen_qparams(act), (act.spec.qmin, act.spec.qmax),
+                                              w_qparams, w.spec.storage_range, w.spec.ch_axis is not None))
+        return qmodel.eval()
 
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:
         """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
@@ -99,17 +139,20 @@ class Quantizer:
         graph = self.quantize()
         obs = self.observers()
         for key, o in list(obs.items()):
-            if isinstance(o, Observer) and o.fake_quant:
+            if o.fake_quant:
                 obs[key] = LSQQuantizer.from_observer(o)
-        self.weights_changed = True
+        self.state, self.carries_weights = TRAINING, True
         return graph
 
     def end_qat(self) -> None:
         """Write learned LSQ scales back into frozen observers so export sees plain fake-quant ops."""
+        if self.state != TRAINING:
+            return
         obs = self.observers()
         for key, o in list(obs.items()):
             if isinstance(o, LSQQuantizer):
                 obs[key] = o.to_observer()
+        self.state = QUANTIZED
 
     # --- helpers -----------------------------------------------------------------------------------------
     def observers(self) -> torch.nn.ModuleDict:
@@ -122,11 +165,6 @@ class Quantizer:
     def quantized_points(self) -> list[QuantPoint]:
         return [p for p in self.points if p.name not in self.fallback_layers]
 
-    def _set_mode(self, observing: bool, fake_quant: bool) -> None:
-        for key, o in self.observers().items():
-            o.observing = observing and not key.endswith("__weight")
-            o.fake_quant = fake_quant
-
     def _apply_fallback(self) -> None:
         obs = self.observers()
         for p in self.points:
@@ -138,7 +176,7 @@ class Quantizer:
                 o.fake_quant = on
 
     def _check_observed(self) -> None:
-        missing = [k for k, o in self.observers().items() if isinstance(o, Observer) and not bool(o.has_stats)]
+        missing = [k for k, o in self.observers().items() if not bool(o.has_stats)]
         if missing:
             raise UserError(f"{len(missing)} observer(s) were never fed (layer not reached by calibration), e.g. {missing[0]}")
 
@@ -156,17 +194,16 @@ class Quantizer:
         tensors = {f"{k}.{b}": t.detach().contiguous().clone() for k, o in self.observers().items() for b, t in o.state_dict().items()}
         with artifacts.atomic_path(out / "observers.safetensors") as tmp:
             save_file(tensors, str(tmp))
-        if self.weights_changed:  # QAT or SmoothQuant changed the weights: they are part of the state
+        if self.carries_weights:  # QAT or SmoothQuant changed the weights: they are part of the state
             weights = {n: p.detach().contiguous().clone() for n, p in self.graph.named_parameters()}
             with artifacts.atomic_path(out / "weights.safetensors") as tmp:
                 save_file(weights, str(tmp))
         meta = {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
-            "backend": self.backend,
             "points": [{"name": p.name, "kind": p.kind, "node": p.node} for p in self.points],
             "fallback": self.fallback_layers,
-            "weights_changed": self.weights_changed,
+            "weights_changed": self.carries_weights,
         }
         artifacts.write_json(out / "quant_state.json", meta)
 
@@ -181,8 +218,8 @@ class Quantizer:
             raise UserError(f"cannot read quantization state in {d}: {e}; rerun calib.py") from None
         if meta.get("version") != STATE_VERSION:
             raise UserError(f"quantization state in {d} has version {meta.get('version')}, expected {STATE_VERSION}; rerun calib.py")
-        q = cls(config=QuantConfig.from_dict(meta["config"]), backend=meta.get("backend", "openvino"))
-        q.calib(model, input_names)
+        q = cls(config=QuantConfig.from_dict(meta["config"]))
+        q.calib(model, input_names, weights_changed=bool(meta.get("weights_changed")))
         names = [p.name for p in q.points]
         if names != [p["name"] for p in meta["points"]]:
             raise UserError(f"quantization state in {d} was made for a different model or config; rerun calib.py")
@@ -198,9 +235,16 @@ class Quantizer:
             with torch.no_grad():
                 for name, t in weights.items():
                     params[name].copy_(t)
-            q.weights_changed = True
         q.quantize()
         return q
+
+
+def _frozen_qparams(obs: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point) an observer fake-quantizes with now: an LSQ's learned ones, else the frozen (or, if
+    its statistics changed since, freshly computed) qparams."""
+    if isinstance(obs, LSQQuantizer):
+        return obs.export_qparams()
+    return (obs.scale, obs.zero_point) if bool(obs.qparams_valid) else obs.compute_qparams()
 
 
 def _logits(out) -> torch.Tensor:

@@ -8,19 +8,17 @@ the fastest eligible candidate wins. When none is eligible the most faithful one
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import get_backend, installed_engines
+from .backends.base import Engine, ModelForms
 from .bench import BenchConfig, Shape, synthetic_inputs, time_interleaved
 from .errors import one_line
 from .evaluation import argmax_agreement, predict_logits
 
-AUTO_ENGINES = ("openvino", "onnxruntime")  # Inductor compiles per shape for 20+ s: only with --backend inductor
 MIN_AGREEMENT = 0.99
 POOL_SIZE = 2000  # held-out train sentences the fake-quant model scores
 MIN_POOL = 100  # below this, the calibration sentences are used instead (tiny user data sets)
@@ -34,7 +32,7 @@ TIMING = BenchConfig(warmup=3, rounds=20)
 class Selection:
     """The chosen engine and variant, the runners built on the way (reused by the caller), and the report record."""
 
-    engine: object
+    engine: Engine
     precision: str
     runners: dict[str, object]  # variant name -> runner, fp32 included
     record: dict
@@ -57,11 +55,7 @@ def describe(candidate: dict) -> str:
             f"{'' if candidate['eligible'] else ', not eligible'}")
 
 
-def installed_engines() -> list[str]:
-    return [name for name in AUTO_ENGINES if importlib.util.find_spec(name) is not None]
-
-
-def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Sequence[dict], agreement_data: str,
+def select_engine(forms: ModelForms, fq_logits: np.ndarray, features: Sequence[dict], agreement_data: str,
                   batch_size: int, pad_id: int, input_names: tuple[str, ...], vocab_size: int, shape: Shape,
                   threads: int) -> Selection:
     """Compile fp32 and every int8 variant on each installed engine, check agreement, time interleaved, choose."""
@@ -71,7 +65,7 @@ def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Seque
     for name in installed_engines():
         engine = get_backend(name)
         try:
-            runners[f"{name}-fp32"] = engine.compile(paths["fp32_onnx"], threads, "fp32")
+            runners[f"{name}-fp32"] = engine.compile(forms.get(engine.takes, "fp32"), threads, "fp32")
         except Exception as e:  # noqa: BLE001 - an engine that fails is a candidate less, not a failed run
             failed += [{"name": f"{name}-{p}", "engine": name, "precision": p, "status": "failed", "error": one_line(e)}
                        for p in engine.int8_variants]
@@ -79,7 +73,7 @@ def select_engine(paths: dict[str, Path], fq_logits: np.ndarray, features: Seque
         for precision in engine.int8_variants:
             variant = f"{name}-{precision}"
             try:
-                runner = engine.compile(paths["int8_onnx"], threads, precision)
+                runner = engine.compile(forms.get(engine.takes, "int8"), threads, precision)
                 logits = predict_logits(runner, features, batch_size, pad_id, desc=f"checking {variant}")
             except Exception as e:  # noqa: BLE001 - as above
                 failed.append({"name": variant, "engine": name, "precision": precision, "status": "failed", "error": one_line(e)})

@@ -104,7 +104,7 @@ def check_model_type(name: str, work_dir: str | Path | None = None, samples: int
     """capture -> calibrate -> QDQ export -> OpenVINO int8 on a tiny random `name` classifier."""
     from .backends.openvino import OpenVINOBackend
     from .config import QuantConfig
-    from .export import export_onnx, fakequant_eager
+    from .export import export_onnx
     from .quantizer import Quantizer, run_calibration
 
     from transformers import AutoModelForSequenceClassification
@@ -128,7 +128,7 @@ def check_model_type(name: str, work_dir: str | Path | None = None, samples: int
     with torch.no_grad():
         expected = graph(**batch).logits.numpy()
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        onnx = export_onnx(fakequant_eager(model, q), names, example_inputs(model, names, 1, 32), Path(tmp) / "int8.onnx")
+        onnx = export_onnx(q.convert(model), names, example_inputs(model, names, 1, 32), Path(tmp) / "int8.onnx")
         runner = OpenVINOBackend().compile(onnx, 1, "int8")
         got = runner({k: v.numpy() for k, v in batch.items()})
     result.int8_kernels = runner.kernels().int8

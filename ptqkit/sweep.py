@@ -23,7 +23,8 @@ from ray import tune
 from ray.tune import Callback
 
 from . import artifacts
-from .backends import get_backend
+from .backends import ENGINES, engine_class, get_backend
+from .backends.base import ONNX
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, Shape, summarize, synthetic_inputs, time_interleaved
 from .data import TaskData, calibration_batches, encode, train_holdout
@@ -32,7 +33,7 @@ from .evaluation import evaluate, predict_logits
 from .models import load_model
 from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, load
 
-SWEEP_BACKENDS = ("openvino", "onnxruntime")  # engines that compile the exported files (Inductor compiles modules)
+SWEEP_BACKENDS = tuple(n for n in ENGINES if engine_class(n).takes == ONNX)  # engines that compile exported files
 RECIPE_KEYS = ("calib_method", "smoothquant", "max_accuracy_drop", "backend")
 
 
@@ -59,13 +60,13 @@ class SweepConfig:
     run: RunConfig  # model, data, device, batch size, sequence length, calibration batches, output dir
     recipes: list[Recipe]
     choose_within: float = 0.3  # points of the task's first metric below fp32 on the holdout
-    holdout: int = 1000
+    holdout: int = RunConfig.fallback_holdout
     workers: int | None = None  # local Ray CPUs; None: all cores
     cpus_per_recipe: int = 1
     ray_address: str | None = None
     max_failures: int = 2  # retries of a recipe whose worker died
     shape: Shape = Shape(1, 128)
-    rounds: int = 30  # driver re-timing; the trials' own figure uses a third of it
+    rounds: int = BenchConfig.rounds  # driver re-timing; the trials' own figure uses a third of it
 
 
 @dataclass
@@ -145,7 +146,8 @@ def _recipe(values: dict, source: Path | None = None) -> Recipe:
     recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
     if recipe.backend not in SWEEP_BACKENDS:
         raise UserError(f"sweep backend {recipe.backend!r}: use {' or '.join(SWEEP_BACKENDS)} "
-                        f"(Inductor compiles modules, not files: use bert_ptq.py --backend inductor)")
+                        f"({', '.join(n for n in ENGINES if n not in SWEEP_BACKENDS)} compile the model, not files: "
+                        "use bert_ptq.py --backend ENGINE)")
     return recipe
 
 

@@ -22,7 +22,7 @@ def artefacts(tmp_path_factory, tiny_model_dir: Path) -> Path:
                     validation_file=str(_write_csv(d / "val.csv", 8, 1)), batch_size=8, max_seq_len=32)
     ld = load(cfg)
     q, _ = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, 2, 8, 32))
-    export_artifacts(ld.model, q, ld.input_names, d)
+    export_artifacts(ld.model, q.convert(ld.model), ld.input_names, d)
     return d
 
 

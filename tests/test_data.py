@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ptqkit.data import (DEFAULT_TASK, Example, TaskData, check_labels, encode, fit_labels, load_rotten_tomatoes, load_task,
-                         pad_batch)
+                         pad_batch, split_train)
 from ptqkit.errors import UserError
 
 
@@ -31,6 +31,35 @@ def test_rotten_tomatoes_split(rotten):
 def test_rotten_tomatoes_is_deterministic(rotten):
     again = load_task()
     assert again.validation == rotten.validation and again.train[:50] == rotten.train[:50]
+
+
+def _glue_sst2(tmp_path: Path) -> TaskData:
+    rows = [["sentence", "label"]] + [[f"sentence {i}", str(i % 2)] for i in range(40)]
+    for name in ("train.tsv", "dev.tsv"):
+        write_tsv(tmp_path / name, rows)
+    return load_task("sst2", data_dir=str(tmp_path))
+
+
+def _user_jsonl(tmp_path: Path) -> TaskData:
+    lines = "".join(json.dumps({"text": f"line {i}", "label": i % 3}) + "\n" for i in range(40))
+    for name in ("train.jsonl", "val.jsonl"):
+        (tmp_path / name).write_text(lines, encoding="utf-8")
+    return load_task(train_file=str(tmp_path / "train.jsonl"), validation_file=str(tmp_path / "val.jsonl"))
+
+
+@pytest.mark.parametrize("loader", [lambda tmp: load_rotten_tomatoes(), _glue_sst2, _user_jsonl],
+                         ids=["rotten_tomatoes", "glue-tsv", "user-files"])
+def test_calibration_and_holdout_are_disjoint(loader, tmp_path):
+    """Every task loader's train split gives disjoint calibration and holdout sets, up to using all of it."""
+    task = loader(tmp_path)
+    n = len(task.train)
+    for n_calib, n_holdout in ((n // 2, n - n // 2), (n // 3, n // 4), (1, 1), (n - 1, 1)):
+        calib, holdout = split_train(task, n_calib, n_holdout)
+        assert (len(calib), len(holdout)) == (n_calib, n_holdout)
+        assert not {id(e) for e in calib} & {id(e) for e in holdout}
+    assert split_train(task, 8, 0)[0] == split_train(task, 8, n - 8)[0]  # the holdout never moves calibration
+    with pytest.raises(UserError, match="too small for a"):
+        split_train(task, n // 2 + 1, n - n // 2)
 
 
 # --- GLUE TSVs, in the benchmark's own layouts -------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from ptqkit import artifacts, models
 from ptqkit.data import TaskData
 from ptqkit.errors import UserError
+from tiny import make_batch, tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = TaskData(name="rotten_tomatoes", train=[], validation=[], num_labels=2, metrics=("accuracy",))
@@ -239,42 +240,24 @@ def test_no_unpickling_in_source():
 
 # --- calibration and pipeline-level cases ------------------------------------------------------------------------
 
-def _tiny_bert():
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                     max_position_embeddings=64, num_labels=2, attn_implementation="eager")
-    return BertForSequenceClassification(cfg).eval()
-
-
-def _batch(n: int = 4, seq: int = 12) -> dict:
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    return {"input_ids": torch.randint(0, 100, (n, seq), generator=g), "attention_mask": torch.ones(n, seq, dtype=torch.long),
-            "token_type_ids": torch.zeros(n, seq, dtype=torch.long)}
-
-
 def test_nan_activation_names_the_layer():
     import torch
 
     from ptqkit.quantizer import Quantizer, run_calibration
 
-    model = _tiny_bert()
+    model = tiny_bert()
     with torch.no_grad():
         model.bert.encoder.layer[1].intermediate.dense.bias[0] = float("nan")
     q = Quantizer("x86")
     with pytest.raises(UserError, match=r"calibration batch 1: observer 'bert\.encoder\.layer\.1\.output\.dense:input'.*NaN/inf"):
-        run_calibration(q.calib(model), [_batch()])
+        run_calibration(q.calib(model), [make_batch(4, 12, 0)])
 
 
 def test_observer_never_fed_is_reported():
     from ptqkit.quantizer import Quantizer
 
     q = Quantizer("x86")
-    q.calib(_tiny_bert())  # no calibration batch at all
+    q.calib(tiny_bert())  # no calibration batch at all
     with pytest.raises(UserError, match=r"never fed .*layer not reached"):
         q.quantize()
 
@@ -321,10 +304,10 @@ def test_interrupted_export_keeps_previous_artefact(tmp_path: Path, monkeypatch:
 
     from ptqkit import export
 
-    model = _tiny_bert()
+    model = tiny_bert()
     target = tmp_path / "model.onnx"
     names = ("input_ids", "attention_mask", "token_type_ids")
-    export.export_onnx(model, names, _batch(1, 16), target)
+    export.export_onnx(model, names, make_batch(1, 16, 0), target)
     good = target.read_bytes()
 
     def interrupted(*args, **kwargs):
@@ -333,7 +316,7 @@ def test_interrupted_export_keeps_previous_artefact(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(torch.onnx, "export", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export.export_onnx(model, names, _batch(1, 16), target)
+        export.export_onnx(model, names, make_batch(1, 16, 0), target)
     assert target.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
@@ -342,15 +325,15 @@ def test_interrupted_calibration_leaves_previous_state(tmp_path: Path):
     """The state is written only after calibration: an interrupted run leaves the last complete state untouched."""
     from ptqkit.quantizer import Quantizer, run_calibration
 
-    model = _tiny_bert()
+    model = tiny_bert()
     q = Quantizer("x86")
-    run_calibration(q.calib(model), [_batch()])
+    run_calibration(q.calib(model), [make_batch(4, 12, 0)])
     q.quantize()
     q.save(tmp_path / "state")
     before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
 
     def batches():
-        yield _batch()
+        yield make_batch(4, 12, 0)
         raise KeyboardInterrupt
 
     q2 = Quantizer("x86")

@@ -8,45 +8,20 @@ import torch
 from ptqkit.backends.inductor import InductorBackend, QDQLinear, to_qdq_module
 from ptqkit.config import QuantConfig, QuantSpec
 from ptqkit.errors import UserError
-from ptqkit.export import fakequant_eager
+from ptqkit.qmodel import LogitsOnly
 from ptqkit.quantizer import Quantizer, run_calibration
-
-NAMES = ("input_ids", "attention_mask", "token_type_ids")
-N_LINEARS = 14  # 2 layers x (q, k, v, attn out, intermediate, output) + pooler + classifier
-
-
-def tiny_bert() -> torch.nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
-    model = BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(50.0)  # informative logits from random weights
-    return model
-
-
-def make_batch(n: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[1::2, seq * 3 // 4:] = 0
-    tt = torch.zeros(n, seq, dtype=torch.long)
-    tt[:, seq // 2:] = 1
-    ids = torch.randint(5, 100, (n, seq), generator=g).masked_fill(mask == 0, 0)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
-
+from tiny import N_LINEARS, NAMES, make_batch, tiny_bert
+from tiny import logits as tiny_logits
 
 def fakequant(model, config: QuantConfig | None = None) -> torch.nn.Module:
     q = Quantizer("x86", config=config)
     run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
     q.quantize()
-    return fakequant_eager(model, q)
+    return q.convert(model)
 
 
 def logits(model, batch) -> np.ndarray:
-    with torch.no_grad():
-        return model(**batch).logits.numpy()
+    return tiny_logits(model, batch).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +53,18 @@ def test_asymmetric_weights_are_refused():
 def test_precision_and_model_must_agree(models):
     model, fq = models
     backend = InductorBackend()
-    with pytest.raises(UserError, match="fake-quant model"):
-        backend.compile_module(model, NAMES, 1, "int8")
+    with pytest.raises(UserError, match="converted model"):
+        backend.compile(LogitsOnly(model, NAMES), 1, "int8")
     with pytest.raises(UserError, match="float model"):
-        backend.compile_module(fq, NAMES, 1, "fp32")
+        backend.compile(LogitsOnly(fq, NAMES), 1, "fp32")
     with pytest.raises(UserError, match="precisions"):
-        backend.compile_module(model, NAMES, 1, "bf16")
+        backend.compile(LogitsOnly(model, NAMES), 1, "bf16")
 
 
 @pytest.mark.slow  # two Inductor compiles: ~20-60 s on 2 cores
 def test_int8_compile_emits_onednn_int8_gemms(models, capfd):
     model, fq = models
-    runner = InductorBackend().compile_module(fq, NAMES, 1, "int8")
+    runner = InductorBackend().compile(LogitsOnly(fq, NAMES), 1, "int8")
     batch = make_batch(4, 12, seed=7)
     out = runner({k: v.numpy() for k, v in batch.items()})
     ref = logits(fq, batch)
@@ -110,7 +85,7 @@ def test_int8_compile_emits_onednn_int8_gemms(models, capfd):
     assert len(matmuls) == N_LINEARS
     assert all("src:u8" in line and "ref_int8" not in line for line in matmuls), matmuls[0]
 
-    fp32 = InductorBackend().compile_module(model, NAMES, 1, "fp32")
+    fp32 = InductorBackend().compile(LogitsOnly(model, NAMES), 1, "fp32")
     out32 = fp32({k: v.numpy() for k, v in batch.items()})
     np.testing.assert_allclose(out32, logits(model, batch), rtol=1e-4, atol=1e-5)
     ev32 = fp32.kernels()

@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 
 from ptqkit.config import QuantConfig
-from ptqkit.export import export_onnx, fakequant_eager
+from ptqkit.export import export_onnx
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.sysinfo import classify_int8_isa, cpu_info
 from tiny import NAMES, logits, make_batch, tiny_bert
@@ -75,7 +75,7 @@ def seven_bit(tmp_path_factory):
     q = Quantizer(config=QuantConfig.for_device("x86", isa="avx2"))
     run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
     q.quantize()
-    eager = fakequant_eager(model, q)
+    eager = q.convert(model)
     path = export_onnx(eager, NAMES, make_batch(1, 16, 5), tmp_path_factory.mktemp("avx2") / "int8.onnx")
     return q, eager, path
 
@@ -103,7 +103,7 @@ sys.path[:0] = [{tests!r}, {repo!r}]
 import numpy as np
 from ptqkit.backends import get_backend
 from ptqkit.config import QuantConfig
-from ptqkit.export import export_onnx, fakequant_eager
+from ptqkit.export import export_onnx
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.sysinfo import host_int8_isa
 from tiny import NAMES, logits, make_batch, tiny_bert
@@ -114,7 +114,7 @@ for isa in ("host", "avx512_vnni"):
     run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
     q.quantize()
     ref = logits(q.graph, batch).numpy()
-    path = export_onnx(fakequant_eager(model, q), NAMES, make_batch(1, 16, 5), {tmp!r} + f"/{{isa}}.onnx")
+    path = export_onnx(q.convert(model), NAMES, make_batch(1, 16, 5), {tmp!r} + f"/{{isa}}.onnx")
     runner = get_backend("openvino").compile(path, 1, "int8")
     ops = runner.compiled.get_runtime_model().get_ordered_ops()
     prims = sorted({{op.get_rt_info()["primitiveType"].astype(str) for op in ops
@@ -174,7 +174,7 @@ def test_emulated_avx2_onnxruntime_matches_fake_quant(tmp_path):
         q = Quantizer(config=QuantConfig.for_device("x86", isa=isa))
         run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
         q.quantize()
-        path = export_onnx(fakequant_eager(model, q), NAMES, make_batch(1, 16, 5), tmp_path / f"{isa}.onnx")
+        path = export_onnx(q.convert(model), NAMES, make_batch(1, 16, 5), tmp_path / f"{isa}.onnx")
         np.save(str(path) + ".ref.npy", logits(q.graph, batch).numpy())
         models[isa] = str(path)
     np.savez(tmp_path / "inputs.npz", **{k: v.numpy() for k, v in batch.items()})

@@ -17,5 +17,5 @@ def test_layer_report_covers_every_linear_worst_first():
     # quantizing one side alone loses less than quantizing both; int8 keeps every layer well above 0 dB
     assert all(0 < e.local_sqnr < 80 and e.weight_sqnr > e.local_sqnr and e.act_sqnr > e.local_sqnr for e in errors)
     assert [e.local_sqnr for e in errors] == sorted(e.local_sqnr for e in errors)
-    assert all(0.0 <= e.bias_share <= 1.0 for e in errors)
+    assert any(e.bias_share > 0.001 for e in errors)  # rounding shifts some layer's mean output
     assert "classifier" in format_table(errors)

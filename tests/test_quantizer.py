@@ -9,7 +9,6 @@ import torch
 from ptqkit.capture import CaptureError, capture, model_input_names
 from ptqkit.config import QuantConfig
 from ptqkit.errors import UserError
-from ptqkit.export import fakequant_eager
 from ptqkit.observers import LSQQuantizer, Observer
 from ptqkit.passes import OBSERVERS_ATTR, find_quant_points, observer_key
 from ptqkit.quantizer import Quantizer, run_calibration
@@ -240,8 +239,8 @@ def test_fallback_disables_exactly_chosen(q_fallback, eval_batch, bert):
             assert obs[observer_key(p.name, role)].fake_quant is (p.name not in chosen), (p.name, role)
     assert [p.name for p in q.quantized_points()] == [p.name for p in q.points if p.name not in chosen]
     # the eager export quantizes exactly the remaining layers and agrees with the graph
-    eager = fakequant_eager(bert, q)
-    wrapped = {n for n, m in eager.named_modules() if type(m).__name__ == "FakeQuantLinear"}
+    eager = q.convert(bert)
+    wrapped = {n for n, m in eager.named_modules() if type(m).__name__ == "QuantLinear"}
     assert wrapped == {p.name for p in q.quantized_points()}
     assert torch.equal(logits(eager, eval_batch), logits(q.graph, eval_batch))
 
@@ -305,7 +304,7 @@ def test_qat_trains_scales_and_round_trips(calib_batches, eval_batch, tmp_path):
         assert torch.equal(q.observers()[k].scale, s)
     assert torch.equal(logits(q.graph, eval_batch), post)
     # the eager export takes the graph's trained weights, whatever the model it is given
-    assert torch.equal(logits(fakequant_eager(original, q), eval_batch), post)
+    assert torch.equal(logits(q.convert(original), eval_batch), post)
 
     # QAT trained a copy: the caller's model keeps its weights
     assert all(torch.equal(p, o) for p, o in zip(model.parameters(), original.parameters()))
@@ -314,4 +313,4 @@ def test_qat_trains_scales_and_round_trips(calib_batches, eval_batch, tmp_path):
     assert (tmp_path / "state" / "weights.safetensors").is_file()
     q2 = Quantizer.load(tmp_path / "state", original)
     assert torch.equal(logits(q2.graph, eval_batch), post)
-    assert torch.equal(logits(fakequant_eager(original, q2), eval_batch), post)
+    assert torch.equal(logits(q2.convert(original), eval_batch), post)

@@ -110,15 +110,18 @@ def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> 
     assert sum(v for k, v in ov["kernel_details"].items() if k.startswith("primitive:")) == 14
     assert ort["int8_kernels"] == 14 and ort["kernel_details"]["MatMulIntegerToFloat"] == 14
     assert ov["agreement_with_host_int8"] == 1.0
-    assert 0.0 <= ort["agreement_with_host"] <= 1.0 and ov["passed"] == (ov["agreement_with_host"] >= 0.99)
+    for engine in (ov, ort):  # the verdict is the stated rule: int8 kernels ran and agreement >= 0.99
+        assert engine["passed"] == (engine["int8_kernels"] > 0 and engine["agreement_with_host"] >= 0.99)
+    assert rep["passed"] == (ov["passed"] and ort["passed"])
 
 
 def test_runtime_runs_without_torch(artefacts) -> None:
-    """Poison torch and transformers: importing and running the runtime must not need them."""
+    """Poison torch and transformers: importing predict.py and running the runtime must not need them."""
     out, _ = artefacts
     code = ("import sys\n"
             "for name in ('torch', 'transformers'):\n"
             "    sys.modules[name] = None\n"
+            "import predict  # the CLI too: its flags (ptqkit.cli, config) load without torch\n"
             "from ptqkit.runtime import Classifier\n"
             f"print(next(Classifier({str(out)!r}, 'onnxruntime', 1).records(['good film']))['label'])\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)

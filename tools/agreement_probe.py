@@ -18,13 +18,13 @@ def main() -> None:
     out = Path(sys.argv[1])
     import torch
 
-    from ptqkit.backends import get_backend
+    from ptqkit.backends import get_backend, installed_engines
     from ptqkit.backends.pytorch import TorchRunner
     from ptqkit.data import encode, train_holdout
     from ptqkit.evaluation import predict_logits
     from ptqkit.pipeline import RunConfig, load
     from ptqkit.quantizer import Quantizer
-    from ptqkit.selection import POOL_SIZE, SELECTION_SIZE, installed_engines, least_confident
+    from ptqkit.selection import POOL_SIZE, SELECTION_SIZE, least_confident
 
     torch.set_num_threads(1)
     ld = load(RunConfig())

@@ -37,7 +37,7 @@ def main() -> None:
     from ptqkit.config import QuantConfig
     from ptqkit.data import calibration_batches
     from ptqkit.evaluation import predict_logits
-    from ptqkit.export import export_onnx, fakequant_eager
+    from ptqkit.export import export_onnx
     from ptqkit.pipeline import RunConfig, load
     from ptqkit.quantizer import Quantizer, run_calibration
     from ptqkit.sysinfo import cpu_info
@@ -58,7 +58,7 @@ def main() -> None:
             q = Quantizer(config=replace(base, activation=replace(base.activation, dtype=act)))
             run_calibration(q.calib(ld.model), calib)
             q.quantize()
-            path = export_onnx(fakequant_eager(ld.model, q), ld.input_names, example, out / f"{act}-w{bits}.onnx")
+            path = export_onnx(q.convert(ld.model), ld.input_names, example, out / f"{act}-w{bits}.onnx")
             ref = predict_logits(TorchRunner(q.graph, ld.input_names, 1), ld.val_features, 32, ld.pad_id, "fake-quant")
             for e in engines:
                 name = f"{e.name}-{act}-w{bits}"

@@ -1,28 +1,42 @@
-"""Engines that run a model for real; each file is one engine behind the interface in base.py."""
+"""Engines that run a model for real; each file is one engine behind the interface in base.py.
+
+A new engine is one file here (a base.Engine subclass) plus one line in ENGINES.
+"""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 from ..errors import UserError
+from .base import Engine
 
-BACKENDS = ("openvino", "onnxruntime", "inductor")
-_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "inductor": "torch"}
+ENGINES = {  # name -> "module:class"
+    "openvino": "ptqkit.backends.openvino:OpenVINOBackend",
+    "onnxruntime": "ptqkit.backends.onnxruntime:ORTBackend",
+    "inductor": "ptqkit.backends.inductor:InductorBackend",
+}
 
 
-def get_backend(name: str):
+def engine_class(name: str) -> type[Engine]:
+    """The engine class registered as `name` (its module imports no engine package until compile)."""
+    if name not in ENGINES:
+        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(ENGINES)} (or auto)")
+    module, _, cls = ENGINES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def installed(name: str) -> bool:
+    return importlib.util.find_spec(engine_class(name).requires) is not None
+
+
+def get_backend(name: str) -> Engine:
     """The engine object for `name`; a clear error if unknown or its package is missing."""
-    if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} (or auto)")
-    if importlib.util.find_spec(_PACKAGES[name]) is None:
-        raise UserError(f"backend {name} needs the '{_PACKAGES[name]}' package: pip install -r requirements.txt")
-    if name == "openvino":
-        from .openvino import OpenVINOBackend
+    cls = engine_class(name)
+    if not installed(name):
+        raise UserError(f"backend {name} needs the '{cls.requires}' package: pip install -r requirements.txt")
+    return cls()
 
-        return OpenVINOBackend()
-    if name == "inductor":
-        from .inductor import InductorBackend
 
-        return InductorBackend()
-    from .onnxruntime import ORTBackend
-
-    return ORTBackend()
+def installed_engines() -> list[str]:
+    """The --backend auto candidates whose package is installed."""
+    return [name for name in ENGINES if engine_class(name).auto and installed(name)]

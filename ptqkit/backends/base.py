@@ -1,12 +1,20 @@
-"""The small interface every engine implements: compile for a precision and thread count, run, show evidence."""
+"""The one interface every engine implements, whatever it compiles (a file artefact or a torch module).
+
+An engine declares the form of our model it `takes` ("onnx": the exported file; "module": the eager torch module
+behind qmodel.LogitsOnly), the int8 variants it offers for our quantized model, and whether it compiles one graph
+per input shape; `compile` turns that form into a Runner for a precision and an intra-op thread count, and the
+Runner shows the kernels the engine really ran. The pipeline reads only these attributes, never an engine's name.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import MappingProxyType
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
 Inputs = dict[str, np.ndarray]
+ONNX, MODULE = "onnx", "module"  # the forms of our model an engine can take
 
 
 @dataclass
@@ -29,10 +37,35 @@ class Runner(Protocol):
     def kernels(self) -> KernelEvidence: ...
 
 
-class Backend(Protocol):
-    """An engine: compile an ONNX (or engine-native) artefact for a precision and an intra-op thread count."""
+@dataclass(frozen=True)
+class ModelForms:
+    """Our fp32 and int8 model in every form the pipeline produced, so that each engine reads the one it takes.
 
-    name: str
-    int8_variants: tuple[str, ...]  # precisions our int8 model can be compiled with ("int8", "int8-bf16", ...)
+    onnx: "fp32"/"int8" -> exported file. module: "fp32"/"int8" -> qmodel.LogitsOnly over the float model and
+    over the quantizer's converted model (absent where only files exist, e.g. bench.py)."""
 
-    def compile(self, model_path, threads: int, precision: str = "fp32") -> Runner: ...
+    onnx: Mapping[str, Any]
+    module: Mapping[str, Any] = field(default_factory=dict)
+
+    def get(self, takes: str, model: str) -> Any:
+        forms = self.onnx if takes == ONNX else self.module
+        if model not in forms:
+            raise KeyError(f"no {model} model in {takes} form here")
+        return forms[model]
+
+
+class Engine:
+    """Base of every engine (one file in this package plus one line in backends.ENGINES).
+
+    Subclasses set the class attributes below and implement `compile`."""
+
+    name: str = ""
+    requires: str = ""  # the Python package the engine needs
+    takes: str = ONNX  # ONNX: compile() gets a file path; MODULE: a qmodel.LogitsOnly module
+    int8_variants: tuple[str, ...] = ("int8",)  # precisions our int8 model runs in here; the first is the default
+    variant_notes: Mapping[str, str] = MappingProxyType({})  # precision -> note shown in the report
+    fixed_shapes: bool = False  # compiles one graph per input shape: evaluation pads batches to one length
+    auto: bool = False  # a candidate of --backend auto (it must compile in seconds)
+
+    def compile(self, model: Any, threads: int, precision: str = "fp32") -> Runner:
+        raise NotImplementedError

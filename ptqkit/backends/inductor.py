@@ -1,7 +1,7 @@
 """PyTorch Inductor: torch.compile with freezing; int8 through oneDNN qlinear kernels, no torchao.
 
-int8 path. `to_qdq_module` rewrites every FakeQuantLinear of the eager fake-quant model (export.fakequant_eager)
-into the form PT2E's convert step produces, built from the same frozen observers:
+int8 path. `to_qdq_module` rewrites every QuantLinear of the converted model (Quantizer.convert, qmodel.py)
+into the form PT2E's convert step produces, with the same qparams:
 
     x -> quantized_decomposed.quantize_per_tensor -> dequantize_per_tensor --+
     int8 weight buffer -> dequantize_per_channel(axis 0) -> (t) ------------ addmm/mm (+ bias)
@@ -14,8 +14,9 @@ residual add into the kernel (qlinear_binary_matcher_count).
 
 Activations are emitted as uint8 whatever the observer's dtype: the pattern matches int8 activations too, but
 oneDNN (v3.12 in torch 2.13) then runs the matmul on its reference implementation (ONEDNN_VERBOSE shows
-`matmul,ref_int8:any` for src s8 against the prepacked weight, `brg_matmul:avx512_core_vnni` for src u8): 0.57 ms
-instead of 0.005 ms for a 48x32x16 GEMM, and a MiniLM forward that did not finish in minutes. An int8 grid is
+`matmul,ref_int8:any` for src s8 against the prepacked weight, `brg_matmul:avx512_core_vnni` for src u8, each
+with its time: `ONEDNN_VERBOSE=1 python bert_ptq.py --backend inductor` shows them), orders of magnitude slower
+than the JIT kernel. An int8 grid is
 exactly the uint8 grid shifted by 128 (zero point + 128), so nothing changes numerically. Weights must be int8
 with zero point 0 (uint8 symmetric weights, zero point 128, are shifted onto that grid the same way); asymmetric
 weights are refused.
@@ -37,8 +38,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..export import FakeQuantLinear, LogitsOnly
-from .base import Inputs, KernelEvidence
+from ..qmodel import LogitsOnly, QuantLinear
+from .base import MODULE, Engine, Inputs, KernelEvidence
 
 PRECISIONS = ("fp32", "int8")
 # Inductor counters that show the int8 rewrite happened (deltas per compile go into KernelEvidence.details)
@@ -60,65 +61,52 @@ def _qd():
     return torch.ops.quantized_decomposed
 
 
-def _frozen_qparams(obs: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero_point) a fake-quant module uses: a frozen Observer's (computed if stale) or an LSQ's."""
-    if hasattr(obs, "freeze") and hasattr(obs, "qparams_valid"):
-        obs = copy.deepcopy(obs)
-        obs.freeze()
-    return obs.scale.detach().float(), obs.zero_point.detach()
-
-
 class QDQLinear(torch.nn.Module):
-    """A FakeQuantLinear as quantized_decomposed q/dq ops around F.linear, with the int8 weight as a buffer.
+    """A QuantLinear as quantized_decomposed q/dq ops around F.linear, with the int8 weight as a buffer.
 
-    Computes what FakeQuantLinear computes (up to float rounding order): dq(q(x)) @ dq(q(W))^T + b.
+    Computes what QuantLinear computes (up to float rounding order): dq(q(x)) @ dq(q(W))^T + b.
     """
 
-    def __init__(self, fq: FakeQuantLinear):
+    def __init__(self, ql: QuantLinear):
         super().__init__()
         qd = _qd()
-        a_scale, a_zp = _frozen_qparams(fq.act)
-        a_spec, w_spec = fq.act.spec, fq.weight_fq.spec
-        if a_spec.ch_axis is not None or a_scale.numel() != 1:
-            raise UserError("inductor int8 needs per-tensor activation quantization")
+        a_qmin, a_qmax = ql.act_range
         # always uint8: oneDNN runs u8 x s8 on its JIT brgemm/VNNI kernels but s8 x s8 on the reference
-        # (ref_int8) matmul, ~100x slower (module docstring). int8 q in [-128, 127] with zero point z is exactly
+        # (ref_int8) matmul, far slower (module docstring). int8 q in [-128, 127] with zero point z is exactly
         # the uint8 grid q + 128 with zero point z + 128 (same dequantized values).
-        shift = 128 if a_spec.dtype == "int8" else 0
-        self.x_scale, self.x_zp = float(a_scale), int(a_zp) + shift
-        self.x_qmin, self.x_qmax = a_spec.qmin + shift, a_spec.qmax + shift
+        shift = 128 if a_qmin < 0 else 0
+        self.x_scale, self.x_zp = float(ql.act_scale), int(ql.act_zero_point) + shift
+        self.x_qmin, self.x_qmax = a_qmin + shift, a_qmax + shift
         self.x_dtype = torch.uint8
 
-        w = fq.weight.detach()
-        w_scale, w_zp = _frozen_qparams(fq.weight_fq)
+        w, (w_qmin, w_qmax) = ql.weight.detach(), ql.weight_range
+        w_scale, w_zp = ql.weight_scale.float(), ql.weight_zero_point
         out_features = w.shape[0]
-        if w_spec.ch_axis is None:  # per-tensor weights: the per-channel form with one repeated scale
+        if not ql.per_channel:  # per-tensor weights: the per-channel form with one repeated scale
             w_scale, w_zp = w_scale.reshape(1).expand(out_features), w_zp.reshape(1).expand(out_features)
-        elif w_spec.ch_axis % 2 != 0:
-            raise UserError(f"inductor int8 needs per-output-channel weight scales (ch_axis 0), got {w_spec.ch_axis}")
         w_zp = w_zp.to(torch.int64)
-        shift = 0 if w_spec.dtype == "int8" else 128  # uint8 grid q in [0, 255] -> int8 q - 128
+        shift = 0 if w_qmin < 0 else 128  # uint8 grid q in [0, 255] -> int8 q - 128
         if bool((w_zp != shift).any()):
             raise UserError("inductor int8 needs symmetric weights (oneDNN int8 GEMM takes weight zero point 0)")
-        q = qd.quantize_per_channel(w, w_scale.contiguous(), w_zp.contiguous(), 0, w_spec.qmin, w_spec.qmax,
-                                    torch.int32)
+        q = qd.quantize_per_channel(w, w_scale.contiguous(), w_zp.contiguous(), 0, w_qmin, w_qmax, torch.int32)
         self.register_buffer("qweight", (q - shift).to(torch.int8))
         self.register_buffer("w_scale", w_scale.contiguous().clone())
         self.register_buffer("w_zp", torch.zeros(out_features, dtype=torch.int64))
-        self.bias = fq.bias
+        self.bias = ql.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd = torch.ops.quantized_decomposed
         args = (self.x_scale, self.x_zp, self.x_qmin, self.x_qmax, self.x_dtype)
         xd = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, *args), *args)
-        w = qd.dequantize_per_channel(self.qweight, self.w_scale, self.w_zp, 0, -128, 127, torch.int8)
+        grid = torch.iinfo(self.qweight.dtype)  # the int8 buffer's own range
+        w = qd.dequantize_per_channel(self.qweight, self.w_scale, self.w_zp, 0, grid.min, grid.max, self.qweight.dtype)
         return torch.nn.functional.linear(xd, w, self.bias)
 
 
-def to_qdq_module(fq_model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a fakequant_eager model with every FakeQuantLinear replaced by a QDQLinear (same qparams)."""
-    model = copy.deepcopy(fq_model).eval()
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
+def to_qdq_module(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a converted model with every QuantLinear replaced by a QDQLinear (same qparams)."""
+    model = copy.deepcopy(model).eval()
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLinear)]
     for name, m in targets:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, QDQLinear(m))
@@ -160,11 +148,11 @@ def _count_ops(graph: torch.fx.Graph, into: Counter) -> None:
 class InductorRunner:
     """One frozen Inductor graph per input shape, compiled on first use."""
 
-    def __init__(self, model: torch.nn.Module, input_names: tuple[str, ...], threads: int, precision: str):
-        self.input_names = tuple(input_names)
+    def __init__(self, wrapper: LogitsOnly, threads: int, precision: str):
+        self.input_names = wrapper.input_names
         self.threads = threads
         self.precision = precision
-        self.wrapper = LogitsOnly(model, self.input_names).eval()
+        self.wrapper = wrapper.eval()
         self._program = None  # torch.export program with dynamic batch/seq, exported on first compile
         self._compiled: dict[tuple, object] = {}
         self.compile_seconds: dict[tuple, float] = {}
@@ -251,26 +239,27 @@ class InductorRunner:
         return ev
 
 
-class InductorBackend:
+class InductorBackend(Engine):
     name = "inductor"
-    int8_variants = ("int8",)  # the int8 variants of our model this engine offers
+    requires = "torch"
+    takes = MODULE
+    fixed_shapes = True  # compiles one graph per input shape (slow): not an --backend auto candidate
 
-    def compile_module(self, model: torch.nn.Module, input_names, threads: int,
-                       precision: str = "fp32") -> InductorRunner:
-        """fp32: the float HF model. int8: a fakequant_eager model (converted with to_qdq_module) or its QDQ form.
+    def compile(self, model: LogitsOnly, threads: int, precision: str = "fp32") -> InductorRunner:
+        """fp32: the float HF model. int8: the converted model (rewritten with to_qdq_module) or its QDQ form;
+        `model` wraps either in qmodel.LogitsOnly.
 
-        Nothing is compiled here: each input shape compiles on its first call (int8 MiniLM-L6: ~20-25 s with a
-        cold Inductor cache on 2 cores, fp32 ~11 s; see InductorRunner.compile_seconds).
+        Nothing is compiled here: each input shape compiles on its first call, which takes seconds to tens of
+        seconds (InductorRunner.compile_seconds records each).
         """
         if precision not in PRECISIONS:
             raise UserError(f"inductor supports precisions {', '.join(PRECISIONS)}, not {precision!r}")
-        model = model.eval()
+        inner = model.model.eval()
         if precision == "int8":
-            if any(isinstance(m, FakeQuantLinear) for m in model.modules()):
-                model = to_qdq_module(model)
-            if not any(isinstance(m, QDQLinear) for m in model.modules()):
-                raise UserError("inductor int8 needs a fake-quant model (export.fakequant_eager) "
-                                "or its to_qdq_module form")
-        elif any(isinstance(m, (FakeQuantLinear, QDQLinear)) for m in model.modules()):
+            if any(isinstance(m, QuantLinear) for m in inner.modules()):
+                inner = to_qdq_module(inner)
+            if not any(isinstance(m, QDQLinear) for m in inner.modules()):
+                raise UserError("inductor int8 needs a converted model (Quantizer.convert) or its to_qdq_module form")
+        elif any(isinstance(m, (QuantLinear, QDQLinear)) for m in inner.modules()):
             raise UserError("inductor fp32 takes the float model, not a quantized one")
-        return InductorRunner(model, tuple(input_names), threads, precision)
+        return InductorRunner(LogitsOnly(inner, model.input_names), threads, precision)

@@ -1,0 +1,81 @@
+"""The converted quantized model: the one form the quantizer produces (Quantizer.convert) and everything after
+reads. export.py writes it as TorchScript and QDQ ONNX; the Inductor engine compiles it (its q/dq rewrite starts
+from these modules); layer_error.py compares it with the float model.
+
+`fake_quantize` is the only place where values are rounded and clamped onto an integer grid: observers
+(calibration, fallback scoring), LSQ scales (QAT) and QuantLinear all call it. It uses torch's fake-quant ops,
+which the TorchScript ONNX exporter emits as QuantizeLinear/DequantizeLinear.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None, qmin: int, qmax: int,
+                  grad_factor: float | None = None) -> Tensor:
+    """(clamp(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale, per tensor (axis None) or per
+    channel along `axis`.
+
+    grad_factor (QAT): `scale` is learned with the LSQ gradient scaled by this factor; the forward value is the
+    same. Without it gradients pass straight through to x inside the grid (and scale gets none).
+    """
+    if grad_factor is not None:
+        if axis is None:
+            return torch._fake_quantize_learnable_per_tensor_affine(x, scale.reshape(1), zero_point.reshape(1).float(),
+                                                                    qmin, qmax, grad_factor)
+        return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point.float(), axis % x.dim(), qmin,
+                                                                 qmax, grad_factor)
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
+
+
+class QuantLinear(nn.Module):
+    """A quantized nn.Linear with frozen qparams: fq(x) @ fq(W^T) + b, the dequant -> matmul pattern engines fuse
+    into an int8 GEMM.
+
+    The weight is transposed *before* fake-quant (per-channel axis 1), so the ONNX graph has DequantizeLinear
+    feeding MatMul directly; with F.linear the exporter put a Transpose between them, and ONNX Runtime then fused
+    only the activation side on some linears (MatMulIntegerToFloat). A weight grid narrower than its storage
+    type (7-bit weights) is not expressible as a QuantizeLinear range, so the weight arrives already snapped onto
+    it and is fake-quantized here over the full storage range, which keeps exactly those integers.
+
+    act_range / weight_range: (qmin, qmax) of each fake-quant; per_channel: one weight scale per output channel.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, act_qparams: tuple[Tensor, Tensor],
+                 act_range: tuple[int, int], weight_qparams: tuple[Tensor, Tensor], weight_range: tuple[int, int],
+                 per_channel: bool):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = bias
+        self.register_buffer("act_scale", act_qparams[0].detach().clone())
+        self.register_buffer("act_zero_point", act_qparams[1].detach().clone())
+        self.register_buffer("weight_scale", weight_qparams[0].detach().clone())
+        self.register_buffer("weight_zero_point", weight_qparams[1].detach().clone())
+        self.act_range, self.weight_range, self.per_channel = act_range, weight_range, per_channel
+
+    def quantized_input(self, x: Tensor) -> Tensor:
+        return fake_quantize(x, self.act_scale, self.act_zero_point, None, *self.act_range)
+
+    def quantized_weight(self) -> Tensor:
+        """fq(W^T), [in, out]."""
+        axis = 1 if self.per_channel else None
+        return fake_quantize(self.weight.t(), self.weight_scale, self.weight_zero_point, axis, *self.weight_range)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.matmul(self.quantized_input(x), self.quantized_weight())
+        return y if self.bias is None else y + self.bias
+
+
+class LogitsOnly(nn.Module):
+    """Positional inputs in a fixed order, logits out: what tracing, ONNX export and module engines take."""
+
+    def __init__(self, model: nn.Module, input_names: tuple[str, ...]):
+        super().__init__()
+        self.model = model
+        self.input_names = tuple(input_names)
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.model(**dict(zip(self.input_names, inputs))).logits
