@@ -36,8 +36,8 @@ def main() -> int:
         artifacts_dir=args.artifacts, input=args.input, output_dir=args.output_dir, model=args.model,
         cache_dir=args.cache_dir, text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
         label_column=args.label_column, where=args.where, backend=args.backend, batch_size=args.batch_size,
-        max_seq_len=args.max_seq_len, actors=args.actors, cpus_per_actor=args.cpus_per_actor, ray_address=args.ray, limit=args.limit, local=args.local,
-        predictions=args.predictions))
+        max_seq_len=args.max_seq_len, actors=args.actors, cpus_per_actor=args.cpus_per_actor, ray_address=args.ray,
+        limit=args.limit, local=args.local, predictions=args.predictions))
     return 0
 
 

@@ -42,7 +42,7 @@ class EvalConfig:
     backend: str = "openvino"
     batch_size: int = 32
     max_seq_len: int = 128
-    actors: int | None = None  # None: local Ray: one per core; cluster: its CPUs minus one (for reading)
+    actors: int | None = None  # None: as many as fit the cores (local Ray) or the cluster's CPUs minus one (reading)
     cpus_per_actor: int = 1  # CPUs each actor reserves; its engines (and the --local run's) use as many threads
     ray_address: str | None = None
     limit: int | None = None
@@ -192,8 +192,10 @@ def _ray_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str 
     preds = ds.map_batches(EnginePair, fn_constructor_kwargs={"files": files, "backend": cfg.backend, "label": label,
                                                                "text_columns": text, "max_seq_len": cfg.max_seq_len,
                                                                "threads": threads},
-                           batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-                           num_cpus=threads, batch_format="numpy",
+                           batch_size=cfg.batch_size, num_cpus=threads, batch_format="numpy",
+                           # one block at a time per actor: a block is seconds of work, and a second one queued
+                           # behind it could leave the other actors idle at the end of the file
+                           compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=1),
                            # the tokenizer's Rust thread pool would otherwise take every core of the node
                            runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(threads)}})
     yield from preds.iter_batches(batch_size=None, batch_format="numpy")
@@ -227,10 +229,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     out = artifacts.ensure_output_dir(cfg.output_dir)
     files = _engine_files(cfg)
     start = time.perf_counter()
-    threads = {"cpus_per_actor": cfg.cpus_per_actor, "engine_threads": cfg.cpus_per_actor}
     if cfg.local:
         rep = _consume(_local_batches(cfg, path, text, label, files), cfg, out, start)
-        rep["workers"] = {"mode": "single process", "actors": 0, **threads}
+        rep["workers"] = {"mode": "single process", "actors": 0, "engine_threads": cfg.cpus_per_actor}
     else:
         import ray
 
@@ -247,7 +248,8 @@ def run_eval(cfg: EvalConfig) -> dict:
             if cfg.actors * cfg.cpus_per_actor > cpus:
                 raise UserError(f"{cfg.actors} actors x {cfg.cpus_per_actor} CPUs do not fit the cluster's {cpus} CPUs")
             rep = _consume(_ray_batches(cfg, path, text, label, ray.put(files)), cfg, out, start)
-        rep["workers"] = {"mode": "ray data", "actors": cfg.actors, **threads, "cluster_cpus": cpus}
+        rep["workers"] = {"mode": "ray data", "actors": cfg.actors, "cpus_per_actor": cfg.cpus_per_actor,
+                          "engine_threads": cfg.cpus_per_actor, "cluster_cpus": cpus}
     wall = time.perf_counter() - start
     rep.update(input=str(path), text_columns=list(text), label_column=label, backend=cfg.backend,
                max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, wall_s=round(wall, 2),
@@ -261,8 +263,8 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def _consume(batches: Iterator[dict], cfg: EvalConfig, out: Path, start: float) -> dict:
     """Count agreement as batches arrive; disagreeing rows (and all predictions) stream to temp files that are
-    renamed into place only when the run completes. Also notes when the first batch came back (`start`: the run's
-    start): the time Ray and the engines took to start, which the wall time includes."""
+    renamed into place only when the run completes. Also notes when the first rows came back (`start`: the run's
+    start): Ray's and the engines' start plus the first block, all of which the wall time includes."""
     fp32_all, int8_all, labels = [], [], []
     row, first = 0, None
     with ExitStack() as stack:

@@ -45,7 +45,7 @@ def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, t
     assert ray_rep["rows"] == 10_000 and ray_rep["first_batch_s"] <= ray_rep["wall_s"]
     assert ray_rep["workers"] == {"mode": "ray data", "actors": 2, "cpus_per_actor": 1, "engine_threads": 1,
                                   "cluster_cpus": 3}
-    assert local_rep["workers"] == {"mode": "single process", "actors": 0, "cpus_per_actor": 1, "engine_threads": 1}
+    assert local_rep["workers"] == {"mode": "single process", "actors": 0, "engine_threads": 1}
     for key in ("agreement", "disagreements", "metrics"):
         assert ray_rep[key] == local_rep[key]
     rows = [json.loads(line) for line in (tmp_path / "ray" / "disagreements.jsonl").read_text().splitlines()]

@@ -90,7 +90,7 @@ def markdown(res: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, label in (("eval_a1", "Ray Data"), ("eval_a2", "Ray Data"), ("eval_local", "single process")):
         r, w = res[name], res[name]["workers"]
-        actors = f"{w['actors']} x {w['cpus_per_actor']}" if w["actors"] else "-"
+        actors = f"{w['actors']} x {w['cpus_per_actor']}" if w["actors"] else "- (in the driver)"
         lines.append(f"| {label} | {actors} | {w['engine_threads']} | {r['rows']} | {r['wall_s']} | "
                      f"{r['first_batch_s']} | {r['rows_per_s']} |")
     same = ", ".join(f"{n}: {'identical' if v['identical'] else str(v['differing_rows']) + ' rows differ'}"
