@@ -20,7 +20,10 @@ def main() -> int:
     p.add_argument("--backend", default="openvino", help="engine: openvino (default) or onnxruntime")
     p.add_argument("--batch-size", type=positive_int, default=32, help="rows per engine call")
     p.add_argument("--max-seq-len", type=positive_int, default=128, help="every row is truncated/padded to this")
-    p.add_argument("--actors", type=positive_int, help="actors, one CPU each (default: one per core; on a cluster its CPUs minus one)")
+    p.add_argument("--actors", type=positive_int, help="actors (default: one per --cpus-per-actor CPUs of the machine; "
+                   "on a cluster of its CPUs minus one)")
+    p.add_argument("--cpus-per-actor", type=positive_int, default=1,
+                   help="CPUs each actor reserves; its engines and tokenizer run that many threads (so does --local)")
     p.add_argument("--ray", metavar="ADDRESS", help="join this Ray cluster instead of starting a local Ray")
     p.add_argument("--limit", type=positive_int, help="only the first N rows")
     p.add_argument("--local", action="store_true", help="no Ray: one process, the same engines (the reference)")
@@ -33,8 +36,8 @@ def main() -> int:
         artifacts_dir=args.artifacts, input=args.input, output_dir=args.output_dir, model=args.model,
         cache_dir=args.cache_dir, text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
         label_column=args.label_column, where=args.where, backend=args.backend, batch_size=args.batch_size,
-        max_seq_len=args.max_seq_len, actors=args.actors, ray_address=args.ray, limit=args.limit, local=args.local,
-        predictions=args.predictions))
+        max_seq_len=args.max_seq_len, actors=args.actors, cpus_per_actor=args.cpus_per_actor, ray_address=args.ray,
+        limit=args.limit, local=args.local, predictions=args.predictions))
     return 0
 
 

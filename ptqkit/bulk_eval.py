@@ -43,7 +43,8 @@ class EvalConfig:
     backend: str = "openvino"
     batch_size: int = 32
     max_seq_len: int = 128
-    actors: int | None = None  # None: local Ray: one per core; cluster: its CPUs minus one (for reading)
+    actors: int | None = None  # None: as many as fit the cores (local Ray) or the cluster's CPUs minus one (reading)
+    cpus_per_actor: int = 1  # CPUs each actor reserves; its engines (and the --local run's) use as many threads
     ray_address: str | None = None
     limit: int | None = None
     local: bool = False  # no Ray: the same engines in this process (the reference for the Ray run)
@@ -156,6 +157,9 @@ def _engine_files(cfg: EvalConfig) -> dict[str, bytes]:
 
 
 def _ray_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str | None, files) -> Iterator[dict]:
+    """Read, cut into blocks, and map through `cfg.actors` actors that each reserve `cfg.cpus_per_actor` CPUs and
+    run their engines and tokenizer on that many threads: Ray counts CPUs but does not bind them, so an actor
+    that ran more threads than it reserved would take its neighbour's core."""
     import ray
     from ray.data import DataContext
 
@@ -186,14 +190,21 @@ def _ray_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str 
     # A file is read as one or a few big blocks, and an actor takes whole blocks: cut them (streaming, in order)
     # so that every actor gets work.
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size * 8)
+    threads = cfg.cpus_per_actor
     preds = ds.map_batches(EnginePair, fn_constructor_kwargs={"files": files, "backend": cfg.backend, "label": label,
-                                                               "text_columns": text, "max_seq_len": cfg.max_seq_len},
-                           batch_size=cfg.batch_size, concurrency=cfg.actors, num_cpus=1, batch_format="numpy")
+                                                               "text_columns": text, "max_seq_len": cfg.max_seq_len,
+                                                               "threads": threads},
+                           batch_size=cfg.batch_size, num_cpus=threads, batch_format="numpy",
+                           # one block at a time per actor: a block is seconds of work, and a second one queued
+                           # behind it could leave the other actors idle at the end of the file
+                           compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=1),
+                           # the tokenizer's Rust thread pool would otherwise take every core of the node
+                           runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(threads)}})
     yield from preds.iter_batches(batch_size=None, batch_format="numpy")
 
 
 def _local_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str | None, files) -> Iterator[dict]:
-    """The single-process reference: the same EnginePair, one thread, batches in file order."""
+    """The single-process reference: the same EnginePair with one actor's threads, batches in file order."""
     import pandas as pd
 
     suffix = path.suffix.lower()
@@ -208,7 +219,7 @@ def _local_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: st
         df = df[df[col].astype(str) == value]
     if cfg.limit:
         df = df.head(cfg.limit)
-    pair = EnginePair(files, cfg.backend, text, cfg.max_seq_len, label)
+    pair = EnginePair(files, cfg.backend, text, cfg.max_seq_len, label, cfg.cpus_per_actor)
     for i in range(0, len(df), cfg.batch_size):
         chunk = df.iloc[i : i + cfg.batch_size]
         yield pair({c: chunk[c].to_numpy() for c in (*text, *([label] if label else []))})
@@ -221,20 +232,26 @@ def run_eval(cfg: EvalConfig) -> dict:
     files = _engine_files(cfg)
     start = time.perf_counter()
     if cfg.local:
-        rep = _consume(_local_batches(cfg, path, text, label, files), cfg, out)
-        rep["workers"] = {"mode": "single process", "actors": 0}
+        rep = _consume(_local_batches(cfg, path, text, label, files), cfg, out, start)
+        rep["workers"] = {"mode": "single process", "actors": 0, "engine_threads": cfg.cpus_per_actor}
     else:
         import ray
 
         from .cluster import ray_session
 
-        # One CPU slot beyond the actors for the light stages (read, filter, column projection, block cutting):
-        # without it they wait forever behind actors that hold every slot.
-        local_cpus = None if cfg.ray_address else (cfg.actors or os.cpu_count() or 1) + 1
+        local_cpus = None
+        if not cfg.ray_address:
+            # One CPU slot beyond the actors for the light stages (read, filter, column projection, block
+            # cutting): without it they wait forever behind actors that hold every slot.
+            cfg.actors = cfg.actors or max(1, (os.cpu_count() or 1) // cfg.cpus_per_actor)
+            local_cpus = cfg.actors * cfg.cpus_per_actor + 1
         with ray_session(cfg.ray_address, local_cpus) as cpus:
-            cfg.actors = cfg.actors or max(1, cpus - 1)
-            rep = _consume(_ray_batches(cfg, path, text, label, ray.put(files)), cfg, out)
-        rep["workers"] = {"mode": "ray data", "actors": cfg.actors, "cluster_cpus": cpus}
+            cfg.actors = cfg.actors or max(1, (cpus - 1) // cfg.cpus_per_actor)
+            if cfg.actors * cfg.cpus_per_actor > cpus:
+                raise UserError(f"{cfg.actors} actors x {cfg.cpus_per_actor} CPUs do not fit the cluster's {cpus} CPUs")
+            rep = _consume(_ray_batches(cfg, path, text, label, ray.put(files)), cfg, out, start)
+        rep["workers"] = {"mode": "ray data", "actors": cfg.actors, "cpus_per_actor": cfg.cpus_per_actor,
+                          "engine_threads": cfg.cpus_per_actor, "cluster_cpus": cpus}
     wall = time.perf_counter() - start
     rep.update(input=str(path), text_columns=list(text), label_column=label, backend=cfg.backend,
                max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, wall_s=round(wall, 2),
@@ -246,11 +263,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     return rep
 
 
-def _consume(batches: Iterator[dict], cfg: EvalConfig, out: Path) -> dict:
+def _consume(batches: Iterator[dict], cfg: EvalConfig, out: Path, start: float) -> dict:
     """Count agreement as batches arrive; disagreeing rows (and all predictions) stream to temp files that are
-    renamed into place only when the run completes."""
+    renamed into place only when the run completes. Also notes when the first rows came back (`start`: the run's
+    start): Ray's and the engines' start plus the first block, all of which the wall time includes."""
     fp32_all, int8_all, labels = [], [], []
-    row = 0
+    row, first = 0, None
     with ExitStack() as stack:
         dis = stack.enter_context(open(stack.enter_context(artifacts.atomic_path(out / "disagreements.jsonl")), "w",
                                        encoding="utf-8"))
@@ -261,6 +279,7 @@ def _consume(batches: Iterator[dict], cfg: EvalConfig, out: Path) -> dict:
             pred.write("row,fp32,int8\n")
         bar = stack.enter_context(tqdm(unit="row", desc=f"fp32 vs int8 ({cfg.backend})"))
         for b in batches:
+            first = first or time.perf_counter() - start
             n = len(b["fp32"])
             for i in np.flatnonzero(b["fp32"] != b["int8"]):
                 rec = {"row": row + int(i), "fp32": int(b["fp32"][i]), "int8": int(b["int8"][i]),
@@ -277,7 +296,8 @@ def _consume(batches: Iterator[dict], cfg: EvalConfig, out: Path) -> dict:
         if not row:
             raise UserError(f"{cfg.input}: no rows to evaluate" + (f" where {cfg.where}" if cfg.where else ""))
     fp32, int8 = np.concatenate(fp32_all), np.concatenate(int8_all)
-    rep = {"rows": row, "agreement": round(float((fp32 == int8).mean()), 5), "disagreements": int((fp32 != int8).sum())}
+    rep = {"rows": row, "agreement": round(float((fp32 == int8).mean()), 5), "disagreements": int((fp32 != int8).sum()),
+           "first_batch_s": round(first, 2)}
     if labels:
         gold = np.concatenate(labels)
         if not np.issubdtype(gold.dtype, np.integer):
@@ -293,8 +313,9 @@ def _py(value):
 
 
 def summary(rep: dict) -> str:
-    lines = [f"{rep['rows']} rows, {rep['workers']['mode']} ({rep['workers']['actors']} actor(s)): "
-             f"{rep['wall_s']} s, {rep['rows_per_s']} rows/s",
+    w = rep["workers"]
+    lines = [f"{rep['rows']} rows, {w['mode']} ({w['actors']} actor(s), {w['engine_threads']} engine thread(s) each): "
+             f"{rep['wall_s']} s ({rep['first_batch_s']} s to the first batch), {rep['rows_per_s']} rows/s",
              f"argmax agreement fp32 vs int8: {rep['agreement']:.5f} ({rep['disagreements']} rows disagree)"]
     for p, m in rep.get("metrics", {}).items():
         lines.append(f"{p}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))

@@ -1,5 +1,6 @@
 """evaluate.py's library: fp32 vs int8 over a generated 10,000-row file through Ray Data (2 actors on a local Ray
-with 2 CPUs) equals the single-process run row for row; JSON lines and Parquet inputs; bad input."""
+with 2 CPUs) equals the single-process run row for row; JSON lines and Parquet inputs; bad input; an actor's
+OpenVINO engine is not pinned to cores it may share."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ptqkit.backends import get_backend
 from ptqkit.bulk_eval import EvalConfig, run_eval
 from ptqkit.data import calibration_batches
 from ptqkit.errors import UserError
@@ -40,7 +42,10 @@ def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, t
     local_rep = run_eval(_cfg(artefacts, tiny_model_dir, path, tmp_path / "local", local=True))
     ray_pred = (tmp_path / "ray" / "predictions.csv").read_text().splitlines()
     assert len(ray_pred) == 10_001 and ray_pred == (tmp_path / "local" / "predictions.csv").read_text().splitlines()
-    assert ray_rep["workers"]["actors"] == 2 and ray_rep["rows"] == 10_000
+    assert ray_rep["rows"] == 10_000 and ray_rep["first_batch_s"] <= ray_rep["wall_s"]
+    assert ray_rep["workers"] == {"mode": "ray data", "actors": 2, "cpus_per_actor": 1, "engine_threads": 1,
+                                  "cluster_cpus": 3}
+    assert local_rep["workers"] == {"mode": "single process", "actors": 0, "engine_threads": 1}
     for key in ("agreement", "disagreements", "metrics"):
         assert ray_rep[key] == local_rep[key]
     rows = [json.loads(line) for line in (tmp_path / "ray" / "disagreements.jsonl").read_text().splitlines()]
@@ -70,3 +75,14 @@ def test_bad_input_is_one_line(artefacts, tiny_model_dir, tmp_path: Path) -> Non
         run_eval(_cfg(tmp_path, tiny_model_dir, csv, tmp_path / "o"))
     with pytest.raises(UserError, match="--where"):
         run_eval(_cfg(artefacts, tiny_model_dir, csv, tmp_path / "o", where="nope=1"))
+
+
+def test_openvino_pins_only_when_it_has_every_core(artefacts) -> None:
+    """OpenVINO pins to the first cores of the process's mask: two one-thread actors on a 2-core node both ran on
+    core 0 (2 actors were no faster than 1). An engine with fewer threads than the usable cores must not pin."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    for threads in (1, cores):
+        runner = get_backend("openvino").compile(artefacts / "model_fp32.onnx", threads)
+        assert runner.compiled.get_property("ENABLE_CPU_PINNING") is (threads >= cores)

@@ -1,6 +1,7 @@
 """OpenVINO: compiles QDQ ONNX into int8 kernels (oneDNN/brgemm on x86, ACL on aarch64)."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from types import MappingProxyType
 from pathlib import Path
@@ -51,6 +52,10 @@ class OpenVINORunner:
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "int8-bf16": None, "bf16": "bf16"}
 
 
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class OpenVINOBackend(Engine):
     name = "openvino"
     requires = "openvino"
@@ -59,12 +64,17 @@ class OpenVINOBackend(Engine):
     auto = True
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> OpenVINORunner:
-        """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads."""
+        """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads.
+
+        Threads are pinned only when they cover every core this process may use. The plugin pins to the first
+        cores of the process's mask, so processes that each take a share of a machine (Ray actors and trials with
+        one CPU each) would all land on core 0 and share it (openvinotoolkit/openvino#32444)."""
         import openvino as ov
 
         core = ov.Core()
         model = core.read_model(str(model_path))
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                  "ENABLE_CPU_PINNING": threads >= _usable_cores()}
         hint = PRECISION_HINTS[precision]
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
