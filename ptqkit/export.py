@@ -134,11 +134,11 @@ def _inline_constant_identities(graph) -> None:
 def _fold_weight_quantization(graph) -> None:
     """Store each weight as its integers: QuantizeLinear(float initializer) becomes an int8 initializer.
 
-    Why: OpenVINO on aarch64 (2026.4, ARM CPU plugin) folds QuantizeLinear on a constant wrongly, rounding
-    every negative non-integer w/scale up by one (as trunc(w/scale + 0.5)); its int8 GEMM then computes with
-    those weights and drifts from the fake-quant model (92% argmax agreement on the default model). Integer
-    weights leave nothing to fold, are what ONNX Runtime's own quantizer writes, and take a quarter of the
-    space. The integers are torch's fake-quant ones: nearbyint(w * (1/scale)) + zero point, saturated.
+    Why: OpenVINO 2026.4's aarch64 CPU plugin (under qemu; no real ARM CPU to confirm) made int8 weights one
+    too high for every integer from -64 to -2 when it quantized a float constant itself; its int8 GEMM then
+    drifted from the fake-quant model (92% argmax agreement on the default model, 100% with int8 initializers).
+    Integer weights leave nothing to fold, are what ONNX Runtime's own quantizer writes, and take a quarter of
+    the space. The integers are torch's fake-quant ones: nearbyint(w * (1/scale)) + zero point, saturated.
     """
     import numpy as np
     from onnx import numpy_helper
