@@ -81,12 +81,12 @@ def test_aarch64_artefact_is_per_tensor(artefacts):
 
     model = onnx.load(str(artefacts["aarch64"][0]))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    weight_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
-    assert len(weight_q) == N_LINEARS
-    for n in weight_q:
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weight_dq) == N_LINEARS and all(inits[n.input[0]].dtype == np.int8 for n in weight_dq)
+    for n in weight_dq:
         assert inits[n.input[1]].shape == ()  # scalar scale, no axis
         assert not any(a.name == "axis" for a in n.attribute)
     x86 = onnx.load(str(artefacts["x86"][0]))
     x86_inits = {i.name: numpy_helper.to_array(i) for i in x86.graph.initializer}
     assert all(x86_inits[n.input[1]].ndim == 1 for n in x86.graph.node
-               if n.op_type == "QuantizeLinear" and n.input[0] in x86_inits)
+               if n.op_type == "DequantizeLinear" and n.input[0] in x86_inits)

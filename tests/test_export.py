@@ -81,12 +81,14 @@ def _out_axis(consumer, input_index: int) -> int:
 
 def test_onnx_qdq_structure(quantized, bert):
     import onnx
+    from onnx import numpy_helper
 
-    device, q, _, path = quantized
+    device, q, eager, path = quantized
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 2 * N_LINEARS
+    # weights are stored as int8 integers (DequantizeLinear only); activations get QuantizeLinear + DequantizeLinear
+    assert ops.count("QuantizeLinear") == N_LINEARS and ops.count("DequantizeLinear") == 2 * N_LINEARS
     inits = {i.name: i for i in model.graph.initializer}
     assert not any(n.op_type == "Identity" and n.input[0] in inits for n in model.graph.node)  # inlined
     consumers = {}
@@ -94,27 +96,28 @@ def test_onnx_qdq_structure(quantized, bert):
         for i, name in enumerate(n.input):
             consumers.setdefault(name, []).append((n, i))
 
-    weight_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
-    assert len(weight_q) == N_LINEARS
-    for point, qn in zip(q.points, weight_q):  # graph order is forward order
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weight_dq) == N_LINEARS
+    for point, dq in zip(q.points, weight_dq):  # graph order is forward order
         out_features = bert.get_submodule(point.name).out_features
-        ((dq, _),) = consumers[qn.output[0]]
-        assert dq.op_type == "DequantizeLinear"
         ((mm, index),) = consumers[dq.output[0]]  # DequantizeLinear feeds the GEMM directly (no Transpose)
         axis = _out_axis(mm, index)
-        assert inits[qn.input[0]].dims[axis] == out_features
-        expected_scale = q.qparams(point.name, "weight")[0].numpy()
-        for node in (qn, dq):
-            scale, zp = _const(model, node.input[1]), _const(model, node.input[2])
-            assert zp.dtype == np.int8 and not zp.any()  # symmetric int8
-            np.testing.assert_array_equal(scale, expected_scale)
-            if device == "x86":  # per-channel along the output features
-                assert scale.shape == (out_features,) and _axis(node) == axis
-            else:  # aarch64: per-tensor
-                assert scale.shape == () and _axis(node) is None
-    weights = {n.input[0] for n in weight_q}
-    act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
-    assert len(act_q) == N_LINEARS
+        ints = numpy_helper.to_array(inits[dq.input[0]])
+        assert ints.dtype == np.int8 and ints.shape[axis] == out_features
+        scale, zp = _const(model, dq.input[1]), _const(model, dq.input[2])
+        assert zp.dtype == np.int8 and not zp.any()  # symmetric int8
+        np.testing.assert_array_equal(scale, q.qparams(point.name, "weight")[0].numpy())
+        if device == "x86":  # per-channel along the output features
+            assert scale.shape == (out_features,) and _axis(dq) == axis
+        else:  # aarch64: per-tensor
+            assert scale.shape == () and _axis(dq) is None
+        # the stored integers are exactly the fake-quant model's weights
+        shape = [1] * ints.ndim
+        shape[axis] = -1
+        fq = eager.get_submodule(point.name).quantized_weight().detach().numpy()
+        np.testing.assert_array_equal(ints.astype(np.float32) * scale.reshape(shape), fq)
+    act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(act_q) == N_LINEARS and not any(n.input[0] in inits for n in act_q)
     for qn in act_q:
         assert _const(model, qn.input[1]).shape == () and _const(model, qn.input[2]).dtype == np.int8
         assert not _const(model, qn.input[2]).any()

@@ -86,11 +86,10 @@ def test_seven_bit_weights_fit_the_non_saturating_range(seven_bit):
     assert torch.equal(logits(eager, batch), logits(q.graph, batch))
     graph = onnx.load(str(path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    weight_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
-    assert len(weight_q) == 14
-    for node in weight_q:
-        w, scale = inits[node.input[0]], inits[node.input[1]]
-        ints = (w / scale).round()  # per-channel along axis 1 (weights are transposed before fake-quant)
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weight_dq) == 14
+    for node in weight_dq:
+        ints = inits[node.input[0]].astype(int)  # stored as int8 integers
         assert abs(ints).max() <= 64, node.name
         assert abs(ints).max() >= 63  # the narrowed range is used in full, not shrunk further
     act_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
