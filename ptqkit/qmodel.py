@@ -33,9 +33,9 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
 
 
-def channel_multiply(x: Tensor, mul: Tensor) -> Tensor:
-    """x times `mul` along its last axis; x itself when `mul` is empty (no runtime smoothing)."""
-    return x * mul if mul.numel() else x
+def channel_multiply(x: Tensor, mul: Tensor | None) -> Tensor:
+    """x times `mul` along its last axis; x itself when `mul` is None or empty (no runtime smoothing)."""
+    return x if mul is None or not mul.numel() else x * mul
 
 
 class QuantLinear(nn.Module):
@@ -49,8 +49,9 @@ class QuantLinear(nn.Module):
     it and is fake-quantized here over the full storage range, which keeps exactly those integers.
 
     act_range / weight_range: (qmin, qmax) of each fake-quant; per_channel: one weight scale per output channel;
-    channel_mul: runtime SmoothQuant's per-input-channel multiplier (empty: none); the weight's columns already
-    carry its inverse.
+    channel_mul: runtime SmoothQuant's per-input-channel multiplier; the weight's columns already carry its
+    inverse. Empty means none, and then no buffer is kept (None), so that the exported graph of an unsmoothed
+    model stays exactly what it was before runtime smoothing existed (the aarch64 contract's artefacts).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, act_qparams: tuple[Tensor, Tensor],
@@ -63,7 +64,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("act_zero_point", act_qparams[1].detach().clone())
         self.register_buffer("weight_scale", weight_qparams[0].detach().clone())
         self.register_buffer("weight_zero_point", weight_qparams[1].detach().clone())
-        self.register_buffer("channel_mul", channel_mul.detach().clone())
+        self.register_buffer("channel_mul", channel_mul.detach().clone() if channel_mul.numel() else None)
         self.act_range, self.weight_range, self.per_channel = act_range, weight_range, per_channel
 
     def smoothed_input(self, x: Tensor) -> Tensor:

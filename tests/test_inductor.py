@@ -31,8 +31,9 @@ def logits(model, batch) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def models():
+    """The float model and the x86 contract's converted model, runtime smoothing included (as bert_ptq.py makes it)."""
     model = tiny_bert()
-    return model, fakequant(model)
+    return model, fakequant(model, smooth_alpha=QuantConfig.for_device("x86").smooth_alpha)
 
 
 @pytest.mark.parametrize("config, alpha", [

@@ -94,7 +94,7 @@ class QDQLinear(torch.nn.Module):
         self.register_buffer("w_scale", w_scale.contiguous().clone())
         self.register_buffer("w_zp", torch.zeros(out_features, dtype=torch.int64))
         self.bias = ql.bias
-        self.register_buffer("channel_mul", ql.channel_mul.detach().clone())
+        self.register_buffer("channel_mul", ql.channel_mul)  # runtime SmoothQuant, or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd = torch.ops.quantized_decomposed
