@@ -7,7 +7,8 @@ the observed range; minmax returns the observed range itself.
   minmax      running min/max, per-tensor or per-channel.
   percentile  the `spec.percentile`-th percentile of |x| (symmetric) or both tails of x (affine).
   mse         the clipping threshold minimising expected squared quantization error (rounding + clipping).
-  entropy     TensorRT-style KL-divergence calibration (symmetric only).
+  entropy     TensorRT-style KL-divergence calibration (symmetric only: `symmetric_only`, so
+              QuantConfig.with_calib_method puts an affine activation grid back to symmetric for it).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class RangeMethod:
     histogram counts, the range they cover and the spec; `check` rejects specs the method cannot honour."""
 
     histogram = True
+    symmetric_only = False  # defined on |x| only: an affine grid is switched to symmetric for it
 
     def check(self, spec) -> None:
         """Raise ValueError for a spec this method cannot honour."""
@@ -66,6 +68,8 @@ class MSE(RangeMethod):
 
 
 class Entropy(RangeMethod):
+    symmetric_only = True
+
     def check(self, spec) -> None:
         if not spec.symmetric:
             raise ValueError("entropy calibration is symmetric only (KL on the |x| histogram)")

@@ -83,11 +83,12 @@ def add_calib_flags(p: argparse.ArgumentParser) -> None:
                    help="int8 instruction set of the target CPU (default: this host's); x86 without VNNI (sse, avx2, "
                    "avx512) gets 7-bit weights so that the engines' 16-bit pair sums cannot saturate")
     p.add_argument("--calib-method", choices=CALIB_METHODS, help="how activation ranges are chosen (default: measured best "
-                   "per device: entropy on x86, percentile on aarch64)")
+                   "per device: minmax on x86's affine uint8 grid after runtime SmoothQuant, percentile on aarch64's "
+                   "symmetric int8; entropy is symmetric only and switches an affine grid to symmetric)")
     p.add_argument("--max-accuracy-drop", type=float, help="auto-fallback: leave the most sensitive layers in fp32 until the "
                    "drop on a held-out slice of the train split is within this many points")
-    p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="SmoothQuant scaling strength 0..1, folded into "
-                   "the preceding weights (off by default: no reliable gain measured on the default model)")
+    p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="extra SmoothQuant folded into the preceding "
+                   "weights, strength 0..1, before the x86 contract's runtime smoothing of every linear input (off by default)")
     p.add_argument("--qat-epochs", type=float, default=DEFAULT.qat_epochs, help="QAT after PTQ: epochs over the train split (LSQ scales + weights)")
 
 

@@ -85,7 +85,8 @@ def layer_errors(model: nn.Module, q: Quantizer, batches: list[dict]) -> list[La
             m: QuantLinear = fq_mods[n]
             wq = m.quantized_weight()
             xq = m.quantized_input(x)
-            outs = {"weight": x @ wq, "act": xq @ m.weight.t(), "local": xq @ wq, "cumulative": seen_fq[n]}
+            xs = m.smoothed_input(x)  # runtime SmoothQuant's multiply: the weight columns carry its inverse
+            outs = {"weight": xs @ wq, "act": xq @ m.weight.t(), "local": xq @ wq, "cumulative": seen_fq[n]}
             bias = m.bias if m.bias is not None else 0.0
             ref = token_mask(batch, y)
             s = sums[n]

@@ -1,6 +1,8 @@
 """Observers: collect statistics on one tensor, turn them into int8/uint8 qparams, fake-quantize with them.
 
-An `Observer` sits on one tensor of the quantized graph (an activation or a weight). It has two switches:
+An `Observer` sits on one tensor of the quantized graph (an activation or a weight). An activation observer may
+first multiply its input per channel (`channel_mul`, runtime SmoothQuant); everything below sees the product.
+It has two switches:
 `observing` (update statistics on each forward) and `fake_quant` (return fake-quantized x instead of x). With
 fake_quant off the output *is* the input, so a calibrating model matches fp32 exactly.
 
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 
 from .calibration import METHODS
 from .config import QuantSpec
-from .qmodel import fake_quantize
+from .qmodel import channel_multiply, fake_quantize
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -64,6 +66,8 @@ class Observer(nn.Module):
       hist_min/hist_max float64 []: histogram range.
       scale/zero_point float32 / int32, [] or [C]: the qparams fake-quant uses (placeholders until frozen).
       qparams_valid  bool []: scale/zero_point were computed from the current statistics (or set by LSQ).
+      channel_mul    float32 [0] or [C]: multiplier applied to x along its last axis before anything else:
+                     runtime SmoothQuant (smoothquant.smooth_runtime); [0] means none.
     Shapes depend on the data (per-channel C), so loading resizes buffers to the saved shapes.
     """
 
@@ -84,6 +88,7 @@ class Observer(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
         self.register_buffer("qparams_valid", torch.tensor(False))
+        self.register_buffer("channel_mul", torch.empty(0))
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -93,6 +98,7 @@ class Observer(nn.Module):
 
     # --- forward -----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        x = channel_multiply(x, self.channel_mul)
         if self.observing:
             self.observe(x)
         if not self.fake_quant:
@@ -234,14 +240,14 @@ class LSQQuantizer(nn.Module):
     forward: qmodel.fake_quantize with the LSQ gradient: x's passes straight through rounding inside the grid,
     s's is LSQ's ((q - z) - x / s inside, the clamped level outside) multiplied by g = 1 / sqrt(N * Q_P) with
     N = x.numel() / scale.numel() (elements sharing one scale, batch included, so the step does not grow with
-    batch size) and Q_P = qmax - z (127). Symmetric only: z is fixed. Per-channel scales broadcast along ch_axis.
+    batch size) and Q_P = (qmax - qmin) // 2 (127). z stays the calibrated zero point (0 or 128 on symmetric
+    grids, the affine one otherwise): only the step is learned. Per-channel scales broadcast along ch_axis.
+    The observer's channel_mul (runtime SmoothQuant) is applied first, as the observer did.
     """
 
     def __init__(self, observer: Observer):
         super().__init__()
         spec = observer.spec
-        if not spec.symmetric:
-            raise ValueError(f"LSQ needs a symmetric spec (observer {observer.name!r} is affine)")
         if not bool(observer.qparams_valid):
             raise RuntimeError(f"observer {observer.name!r} is not frozen: call freeze() before LSQQuantizer.from_observer")
         self.spec = spec
@@ -252,6 +258,7 @@ class LSQQuantizer(nn.Module):
         self.calib_state = {k: v.detach().clone() for k, v in observer.state_dict().items()}
         self.scale = nn.Parameter(observer.scale.detach().clone().float())
         self.register_buffer("zero_point", observer.zero_point.detach().clone())
+        self.register_buffer("channel_mul", observer.channel_mul.detach().clone())
 
     @classmethod
     def from_observer(cls, observer: Observer) -> "LSQQuantizer":
@@ -259,9 +266,10 @@ class LSQQuantizer(nn.Module):
         return cls(observer)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = channel_multiply(x, self.channel_mul)
         if not self.fake_quant:
             return x
-        q_pos = self.spec.qmax - float(self.zero_point.flatten()[0])
+        q_pos = (self.spec.qmax - self.spec.qmin) // 2
         g = 1.0 / math.sqrt(x.numel() / self.scale.numel() * q_pos)
         return fake_quantize(x, self.scale.clamp_min(EPS), self.zero_point, self.spec.ch_axis, self.spec.qmin,
                              self.spec.qmax, grad_factor=g)

@@ -24,7 +24,7 @@ from .models import load_model
 from .peers import Peer
 from .qmodel import LogitsOnly
 from .qat import QATConfig, train_qat
-from .smoothquant import collect_input_absmax, smooth
+from .smoothquant import collect_input_absmax, smooth, smooth_runtime
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, least_confident, select_engine
 
@@ -333,6 +333,9 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     q = Quantizer(device=cfg.device, config=config)
     calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how
+    if config.smooth_alpha is not None:  # the contract's runtime smoothing: statistics first, then the ranges
+        absmax = collect_input_absmax(ld.model, data)
+        steps["runtime_smoothed"] = len(smooth_runtime(q, absmax, config.smooth_alpha))
     run_calibration(calib_model, data, total=len(data))
     q.quantize()
     if cfg.max_accuracy_drop is not None:

@@ -4,7 +4,9 @@ from these modules); layer_error.py compares it with the float model.
 
 `fake_quantize` is the only place where values are rounded and clamped onto an integer grid: observers
 (calibration, fallback scoring), LSQ scales (QAT) and QuantLinear all call it. It uses torch's fake-quant ops,
-which the TorchScript ONNX exporter emits as QuantizeLinear/DequantizeLinear.
+which the TorchScript ONNX exporter emits as QuantizeLinear/DequantizeLinear. `channel_multiply` is runtime
+SmoothQuant's per-channel multiply in front of an activation quantizer (smoothquant.smooth_runtime), applied by
+the same three and exported as one ONNX Mul.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
 
 
+def channel_multiply(x: Tensor, mul: Tensor | None) -> Tensor:
+    """x times `mul` along its last axis; x itself when `mul` is None or empty (no runtime smoothing)."""
+    return x if mul is None or not mul.numel() else x * mul
+
+
 class QuantLinear(nn.Module):
     """A quantized nn.Linear with frozen qparams: fq(x) @ fq(W^T) + b, the dequant -> matmul pattern engines fuse
     into an int8 GEMM.
@@ -41,12 +48,15 @@ class QuantLinear(nn.Module):
     type (7-bit weights) is not expressible as a QuantizeLinear range, so the weight arrives already snapped onto
     it and is fake-quantized here over the full storage range, which keeps exactly those integers.
 
-    act_range / weight_range: (qmin, qmax) of each fake-quant; per_channel: one weight scale per output channel.
+    act_range / weight_range: (qmin, qmax) of each fake-quant; per_channel: one weight scale per output channel;
+    channel_mul: runtime SmoothQuant's per-input-channel multiplier; the weight's columns already carry its
+    inverse. Empty means none, and then no buffer is kept (None), so that the exported graph of an unsmoothed
+    model stays exactly what it was before runtime smoothing existed (the aarch64 contract's artefacts).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, act_qparams: tuple[Tensor, Tensor],
                  act_range: tuple[int, int], weight_qparams: tuple[Tensor, Tensor], weight_range: tuple[int, int],
-                 per_channel: bool):
+                 per_channel: bool, channel_mul: Tensor):
         super().__init__()
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
         self.bias = bias
@@ -54,10 +64,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("act_zero_point", act_qparams[1].detach().clone())
         self.register_buffer("weight_scale", weight_qparams[0].detach().clone())
         self.register_buffer("weight_zero_point", weight_qparams[1].detach().clone())
+        self.register_buffer("channel_mul", channel_mul.detach().clone() if channel_mul.numel() else None)
         self.act_range, self.weight_range, self.per_channel = act_range, weight_range, per_channel
 
+    def smoothed_input(self, x: Tensor) -> Tensor:
+        """x as the quantizer sees it: after the runtime SmoothQuant multiply, not yet quantized."""
+        return channel_multiply(x, self.channel_mul)
+
     def quantized_input(self, x: Tensor) -> Tensor:
-        return fake_quantize(x, self.act_scale, self.act_zero_point, None, *self.act_range)
+        return fake_quantize(self.smoothed_input(x), self.act_scale, self.act_zero_point, None, *self.act_range)
 
     def quantized_weight(self) -> Tensor:
         """fq(W^T), [in, out]."""

@@ -25,7 +25,7 @@ from .observers import LSQQuantizer, NonFiniteInput
 from .qmodel import QuantLinear, fake_quantize
 from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: observers carry channel_mul (runtime SmoothQuant)
 # The quantizer's states. OBSERVING: activation observers collect statistics, outputs equal fp32 (weights were
 # observed once when the observers went in). QUANTIZED: frozen qparams, the graph fake-quantizes every point
 # except the fallback layers. TRAINING: QAT, LSQ quantizers with learnable scales in place of the observers.
@@ -78,8 +78,10 @@ class Quantizer:
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         """The converted quantized model (qmodel.py): a copy of the float HF `model` carrying the graph's current
-        weights, with every quantized linear a QuantLinear holding these frozen qparams. TorchScript and ONNX
-        export and the module engines all start from it."""
+        weights, with every quantized linear a QuantLinear holding these frozen qparams (and its input's runtime
+        SmoothQuant multiplier). TorchScript and ONNX export and the module engines all start from it. A fallback
+        linear whose input was smoothed (smoothquant.smooth_runtime) stays an nn.Linear with the scaling of its
+        weight columns undone."""
         qmodel = copy.deepcopy(model).eval()
         obs = self.observers()
         params = dict(self._require_graph().named_parameters())
@@ -87,6 +89,10 @@ class Quantizer:
             for name, p in qmodel.named_parameters():
                 if name in params:
                     p.copy_(params[name])
+            for point in self.points:
+                mul = obs[observer_key(point.name, "input")].channel_mul
+                if point.name in self.fallback_layers and point.kind == "linear" and mul.numel():
+                    qmodel.get_submodule(point.name).weight.mul_(mul)
         for point in self.quantized_points():
             if point.kind != "linear":
                 raise NotImplementedError(f"conversion of {point.kind} quantization is not supported ({point.name})")
@@ -101,7 +107,8 @@ class Quantizer:
             if (w.spec.qmin, w.spec.qmax) != w.spec.storage_range:  # narrower grid: snap onto it (QuantLinear doc)
                 weight = fake_quantize(weight, *w_qparams, w.spec.ch_axis, w.spec.qmin, w.spec.qmax)
             setattr(parent, attr, QuantLinear(weight, linear.bias, _frozen_qparams(act), (act.spec.qmin, act.spec.qmax),
-                                              w_qparams, w.spec.storage_range, w.spec.ch_axis is not None))
+                                              w_qparams, w.spec.storage_range, w.spec.ch_axis is not None,
+                                              act.channel_mul))
         return qmodel.eval()
 
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:

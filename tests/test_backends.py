@@ -7,6 +7,7 @@ import pytest
 from ptqkit.backends import get_backend
 from ptqkit.export import export_onnx
 from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
 
 ENGINES = ("openvino", "onnxruntime")
@@ -37,6 +38,14 @@ def artefacts(tmp_path_factory):
     q.fallback(q.amp([make_batch(8, 16, 200)]), 2)  # aarch64 quantizer, now with two layers left in fp32
     path = export_onnx(q.convert(model), NAMES, EXAMPLE, out / "int8-fallback.onnx")
     arts["fallback"] = (path, logits(q.graph, EVAL).numpy(), N_LINEARS - 2)
+    q = Quantizer("x86")  # runtime smoothing (a Mul in front of each activation quantizer), two layers in fp32
+    batches = [make_batch(8, 16, 100 + i) for i in range(4)]
+    graph = q.calib(model)
+    smooth_runtime(q, collect_input_absmax(model, batches), 0.8)
+    run_calibration(graph, batches)
+    q.fallback(q.amp([make_batch(8, 16, 200)]), 2)
+    path = export_onnx(q.convert(model), NAMES, EXAMPLE, out / "int8-smoothed.onnx")
+    arts["smoothed"] = (path, logits(q.graph, EVAL).numpy(), N_LINEARS - 2)
     assert len(set(arts["fp32"][1].argmax(1))) == 2  # informative logits: both classes predicted
     return arts
 
@@ -60,7 +69,7 @@ def test_fp32_runs_without_int8_kernels(engine, artefacts):
     assert np.abs(out - ref).max() < 1e-4
 
 
-@pytest.mark.parametrize("variant", ["x86", "aarch64", "fallback"])
+@pytest.mark.parametrize("variant", ["x86", "aarch64", "fallback", "smoothed"])
 def test_int8_kernels_and_agreement(engine, artefacts, variant):
     path, ref, quantized_linears = artefacts[variant]
     runner = engine.compile(path, 1, "int8")

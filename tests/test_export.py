@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from ptqkit.export import export_onnx, export_torchscript
+from ptqkit.passes import observer_key
 from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
 
 
@@ -20,15 +22,20 @@ def bert():
     return tiny_bert()
 
 
-@pytest.fixture(scope="module", params=["x86", "aarch64"])
+@pytest.fixture(scope="module", params=["x86", "aarch64", "x86-smoothed"])
 def quantized(request, bert, tmp_path_factory):
-    """(device, quantizer, eager fake-quant model, int8 ONNX path) per device contract."""
-    q = Quantizer(request.param)
-    run_calibration(q.calib(bert), [make_batch(8, 16, 100 + i) for i in range(4)])
+    """(device, quantizer, eager fake-quant model, int8 ONNX path) per device contract (plus runtime smoothing)."""
+    device = request.param.split("-")[0]
+    q = Quantizer(device)
+    batches = [make_batch(8, 16, 100 + i) for i in range(4)]
+    graph = q.calib(bert)
+    if request.param.endswith("smoothed"):
+        smooth_runtime(q, collect_input_absmax(bert, batches), 0.8)
+    run_calibration(graph, batches)
     q.quantize()
     eager = q.convert(bert)
     path = export_onnx(eager, NAMES, EXPORT_EXAMPLE, tmp_path_factory.mktemp(request.param) / "int8.onnx")
-    return request.param, q, eager, path
+    return device, q, eager, path
 
 
 def _const(model, name: str) -> np.ndarray:
@@ -118,9 +125,16 @@ def test_onnx_qdq_structure(quantized, bert):
         np.testing.assert_array_equal(ints.astype(np.float32) * scale.reshape(shape), fq)
     act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert len(act_q) == N_LINEARS and not any(n.input[0] in inits for n in act_q)
-    for qn in act_q:
-        assert _const(model, qn.input[1]).shape == () and _const(model, qn.input[2]).dtype == np.int8
-        assert not _const(model, qn.input[2]).any()
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for point, qn in zip(q.points, act_q):
+        obs = q.observers()[observer_key(point.name, "input")]
+        assert _const(model, qn.input[1]).shape == ()
+        assert _const(model, qn.input[2]) == obs.zero_point.item()
+        assert _const(model, qn.input[2]).dtype == (np.uint8 if obs.spec.dtype == "uint8" else np.int8)
+        if obs.channel_mul.numel():  # runtime smoothing: the activation is multiplied per channel, then quantized
+            mul = producers[qn.input[0]]
+            assert mul.op_type == "Mul"
+            np.testing.assert_array_equal(_const(model, mul.input[1]), obs.channel_mul.numpy())
 
 
 def test_onnx_dynamic_axes_run_in_onnxruntime(quantized):

@@ -10,12 +10,17 @@ from ptqkit.config import QuantConfig, QuantSpec
 from ptqkit.errors import UserError
 from ptqkit.qmodel import LogitsOnly
 from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from tiny import N_LINEARS, NAMES, make_batch, tiny_bert
 from tiny import logits as tiny_logits
 
-def fakequant(model, config: QuantConfig | None = None) -> torch.nn.Module:
+def fakequant(model, config: QuantConfig | None = None, smooth_alpha: float | None = None) -> torch.nn.Module:
     q = Quantizer("x86", config=config)
-    run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
+    batches = [make_batch(8, 16, 100 + i) for i in range(4)]
+    graph = q.calib(model)
+    if smooth_alpha is not None:  # runtime SmoothQuant: QDQLinear must apply the same per-channel multiply
+        smooth_runtime(q, collect_input_absmax(model, batches), smooth_alpha)
+    run_calibration(graph, batches)
     q.quantize()
     return q.convert(model)
 
@@ -26,17 +31,20 @@ def logits(model, batch) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def models():
+    """The float model and the x86 contract's converted model, runtime smoothing included (as bert_ptq.py makes it)."""
     model = tiny_bert()
-    return model, fakequant(model)
+    return model, fakequant(model, smooth_alpha=QuantConfig.for_device("x86").smooth_alpha)
 
 
-@pytest.mark.parametrize("config", [
-    None,  # x86 default: int8 symmetric activations, int8 per-channel weights
-    QuantConfig.for_device("aarch64", activation=QuantSpec(dtype="uint8", symmetric=False)),  # u8 affine, per-tensor w
-], ids=["int8-perchannel", "uint8affine-pertensor"])
-def test_qdq_module_computes_the_fakequant_model(config):
+@pytest.mark.parametrize("config, alpha", [
+    (None, None),  # x86 default contract: affine uint8 activations, int8 per-channel weights
+    (QuantConfig.for_device("x86", activation=QuantSpec()), None),  # int8 symmetric activations
+    (QuantConfig.for_device("aarch64", activation=QuantSpec(dtype="uint8", symmetric=False)), None),  # per-tensor w
+    (None, 0.95),  # with runtime SmoothQuant
+], ids=["uint8affine-perchannel", "int8-perchannel", "uint8affine-pertensor", "smoothed"])
+def test_qdq_module_computes_the_fakequant_model(config, alpha):
     model = tiny_bert()
-    fq = fakequant(model, config)
+    fq = fakequant(model, config, alpha)
     qdq = to_qdq_module(fq)
     assert sum(isinstance(m, QDQLinear) for m in qdq.modules()) == N_LINEARS
     assert all(m.qweight.dtype == torch.int8 for m in qdq.modules() if isinstance(m, QDQLinear))

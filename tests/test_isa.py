@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from ptqkit.config import QuantConfig
+from ptqkit.config import QuantConfig, QuantSpec
 from ptqkit.export import export_onnx
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.sysinfo import classify_int8_isa, cpu_info
@@ -56,10 +56,23 @@ def test_report_cpu_names_the_int8_isa_and_its_sources():
 def test_x86_contract_narrows_weights_where_pair_sums_saturate(isa, bits):
     cfg = QuantConfig.for_device("x86", isa=isa)
     assert cfg.weight.bits == bits and cfg.weight.ch_axis == 0 and cfg.isa == isa
-    assert cfg.activation.dtype == ("uint8" if bits == 7 else "int8") and cfg.activation.symmetric
+    assert cfg.activation.dtype == "uint8" and not cfg.activation.symmetric  # affine u8: VNNI's and AVX2's operand
     assert (cfg.weight.qmin, cfg.weight.qmax) == ((-64, 63) if bits == 7 else (-128, 127))
     assert cfg.weight.storage_range == (-128, 127)
     assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_contract_smooths_x86_at_runtime_and_entropy_falls_back_to_a_symmetric_grid():
+    x86 = QuantConfig.for_device("x86")
+    assert x86.smooth_alpha == 0.95 and x86.activation.method == "minmax" and not x86.activation.symmetric
+    entropy = x86.with_calib_method("entropy")  # KL calibration is defined on |x|: symmetric only
+    assert entropy.activation.symmetric and entropy.activation.dtype == "uint8"
+    assert not x86.with_calib_method("mse").activation.symmetric
+    assert QuantConfig.from_dict(entropy.to_dict()) == entropy
+    # aarch64 keeps the contract the emulated arm64 check passed with: symmetric int8, percentile, no smoothing
+    arm = QuantConfig.for_device("aarch64")
+    assert arm.smooth_alpha is None and arm.activation == QuantSpec(method="percentile")
+    assert arm.with_calib_method("mse").activation.symmetric
 
 
 def test_contract_rejects_an_isa_of_the_other_architecture():
@@ -93,7 +106,7 @@ def test_seven_bit_weights_fit_the_non_saturating_range(seven_bit):
         assert abs(ints).max() <= 64, node.name
         assert abs(ints).max() >= 63  # the narrowed range is used in full, not shrunk further
     act_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
-    assert act_q and all(inits[n.input[2]].dtype == "uint8" and int(inits[n.input[2]]) == 128 for n in act_q)
+    assert act_q and all(inits[n.input[2]].dtype == "uint8" for n in act_q)  # u8 x 7-bit pair sums fit 16 bits
 
 
 SIMULATED = """

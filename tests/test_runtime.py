@@ -22,18 +22,28 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def artefacts(tmp_path_factory, tiny_model_dir) -> tuple[Path, RunConfig]:
-    """bert_ptq.py's run on a tiny classifier whose head is scaled up, so that its labels vary."""
+    """bert_ptq.py's run on a tiny classifier whose weights are scaled up and head centred, so that its labels vary."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     d = tmp_path_factory.mktemp("runtime")
+    val_csv = _write_csv(d / "val.csv", 40, 1)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # a random model's logits barely move with the input: widen and centre them so labels vary
         model.classifier.weight.mul_(50)
+        model.bert.embeddings.word_embeddings.weight.mul_(20)
+        model.bert.pooler.dense.weight.mul_(10)
+        for layer in model.bert.encoder.layer:  # let [CLS] read the other tokens
+            layer.attention.self.value.weight.mul_(10)
+            layer.attention.output.dense.weight.mul_(10)
+        texts = [line.rsplit(",", 1)[0] for line in val_csv.read_text().splitlines()[1:]]
+        logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")).logits
+        model.classifier.bias.sub_(logits.median(0).values)
     model.save_pretrained(d / "model")
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(d / "model")
+    tokenizer.save_pretrained(d / "model")
     cfg = RunConfig(model=str(d / "model"), train_file=str(_write_csv(d / "train.csv", 64, 0)),
-                    validation_file=str(_write_csv(d / "val.csv", 40, 1)), output_dir=str(d / "out"),
+                    validation_file=str(val_csv), output_dir=str(d / "out"),
                     cache_dir=str(d / "cache"), batch_size=8, max_seq_len=16, calib_batches=2, skip_peers=True,
                     bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1))
     run(cfg)
@@ -106,7 +116,7 @@ def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> 
     assert proc.returncode == (0 if rep["passed"] else 1), proc.stderr
     assert rep["cpu"]["machine"] and rep["sentences"] == 40
     ov, ort = rep["engines"]["openvino"], rep["engines"]["onnxruntime"]
-    assert ov["int8_kernels"] == 14 and ov["kernel_details"]["FullyConnected:i8"] == 14
+    assert ov["int8_kernels"] == 14 and ov["kernel_details"]["FullyConnected:u8"] == 14  # affine uint8 activations
     assert sum(v for k, v in ov["kernel_details"].items() if k.startswith("primitive:")) == 14
     assert ort["int8_kernels"] == 14 and ort["kernel_details"]["MatMulIntegerToFloat"] == 14
     assert ov["agreement_with_host_int8"] == 1.0

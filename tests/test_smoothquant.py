@@ -200,3 +200,55 @@ def test_pre_ln_encoder_folds_layernorms_into_qkv_and_ffn() -> None:
     for n in names:
         if not n.endswith("output.dense"):
             assert _ratio(after[n]) < _ratio(before[n]) / 3, n
+
+
+# --- runtime smoothing (every linear input, a multiply in front of the activation quantizer) ------------------
+def _runtime_smoothed(model: nn.Module, batches: list[dict], alpha: float | None):
+    from ptqkit.config import QuantConfig
+    from ptqkit.quantizer import Quantizer, run_calibration
+    from ptqkit.smoothquant import smooth_runtime
+
+    q = Quantizer(config=QuantConfig.for_device("x86", isa="avx512_vnni", smooth_alpha=alpha))
+    graph = q.calib(model, ("input_ids", "attention_mask"))
+    names = smooth_runtime(q, collect_input_absmax(model, batches), alpha) if alpha is not None else []
+    run_calibration(graph, batches)
+    q.quantize()
+    return q, names
+
+
+def test_runtime_smoothing_keeps_the_function_and_shares_one_scale_per_input(bert: nn.Module) -> None:
+    from ptqkit.passes import observer_key
+
+    batches = _batches()
+    q, names = _runtime_smoothed(bert, batches, 0.8)
+    assert len(names) == 14  # every linear: 2 layers x 6, pooler, classifier
+    obs = q.observers()
+    for o in obs.values():
+        o.fake_quant = False
+    assert _close(_logits(q.graph, batches), _logits(bert, batches))  # x / s against W * s: the same function
+    for layer in range(2):  # Q, K and V read one tensor: one multiplier for the three
+        muls = [obs[observer_key(f"bert.encoder.layer.{layer}.attention.self.{m}", "input")].channel_mul
+                for m in ("query", "key", "value")]
+        assert muls[0].shape == (32,) and torch.equal(muls[0], muls[1]) and torch.equal(muls[0], muls[2])
+    assert all(o.channel_mul.numel() == 0 for k, o in obs.items() if k.endswith("__weight"))
+
+
+def test_runtime_smoothing_shrinks_the_error_of_outlier_inputs(bert: nn.Module) -> None:
+    """The embeddings LayerNorm outlier (x50) feeds layer 0's Q/K/V: flattened, their input error drops."""
+    from ptqkit.layer_error import layer_errors
+
+    batches = _batches()
+    plain = {e.name: e for e in layer_errors(bert, _runtime_smoothed(bert, batches, None)[0], batches)}
+    smoothed = {e.name: e for e in layer_errors(bert, _runtime_smoothed(bert, batches, 0.8)[0], batches)}
+    for m in ("query", "key", "value"):
+        n = f"bert.encoder.layer.0.attention.self.{m}"
+        assert smoothed[n].act_sqnr > plain[n].act_sqnr + 6, n  # at least 4x less activation error
+        assert smoothed[n].local_sqnr > plain[n].local_sqnr, n
+
+
+def test_runtime_smoothing_runs_before_calibration_only(bert: nn.Module) -> None:
+    from ptqkit.smoothquant import smooth_runtime
+
+    q, _ = _runtime_smoothed(bert, _batches(), None)
+    with pytest.raises(RuntimeError, match="before calibration"):
+        smooth_runtime(q, collect_input_absmax(bert, _batches()), 0.8)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..qmodel import LogitsOnly, QuantLinear
+from ..qmodel import LogitsOnly, QuantLinear, channel_multiply
 from .base import MODULE, Engine, Inputs, KernelEvidence
 
 PRECISIONS = ("fp32", "int8")
@@ -64,7 +64,8 @@ def _qd():
 class QDQLinear(torch.nn.Module):
     """A QuantLinear as quantized_decomposed q/dq ops around F.linear, with the int8 weight as a buffer.
 
-    Computes what QuantLinear computes (up to float rounding order): dq(q(x)) @ dq(q(W))^T + b.
+    Computes what QuantLinear computes (up to float rounding order): dq(q(x * m)) @ dq(q(W))^T + b, m the
+    runtime SmoothQuant multiplier (QuantLinear.channel_mul; none by default).
     """
 
     def __init__(self, ql: QuantLinear):
@@ -93,9 +94,11 @@ class QDQLinear(torch.nn.Module):
         self.register_buffer("w_scale", w_scale.contiguous().clone())
         self.register_buffer("w_zp", torch.zeros(out_features, dtype=torch.int64))
         self.bias = ql.bias
+        self.register_buffer("channel_mul", ql.channel_mul)  # runtime SmoothQuant, or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd = torch.ops.quantized_decomposed
+        x = channel_multiply(x, self.channel_mul)
         args = (self.x_scale, self.x_zp, self.x_qmin, self.x_qmax, self.x_dtype)
         xd = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, *args), *args)
         grid = torch.iinfo(self.qweight.dtype)  # the int8 buffer's own range
