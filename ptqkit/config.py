@@ -12,20 +12,14 @@ DEVICES = ("x86", "aarch64")
 ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
 CALIB_METHODS = tuple(METHODS)  # the registry in calibration.py
 
-# Activations per device, chosen by measurement on the default model and task (fake-quant model, 1,000 validation
-# sentences, fp32 accuracy 0.836; argmax agreement with fp32 / accuracy / logit MSE; `python tools/fidelity_probe.py`):
-#   x86, symmetric int8:  entropy 0.969/0.833/0.077, minmax 0.974/0.832/0.033, percentile 0.974/0.836/0.069
-#   x86, affine uint8:    minmax 0.981/0.833/0.012, mse 0.986/0.832/0.010, percentile 0.960/0.828/0.123
-#   x86, affine minmax + runtime smoothing (alpha): 0.5 0.968/0.830/0.036, 0.8 0.990/0.838/0.0030,
-#                         0.95 0.994/0.834/0.0031 (NNCF's int8 of the same model: 0.993)
-#   x86 avx2 (7-bit weights): symmetric entropy 0.976/0.836/0.077, affine minmax + smoothing 0.95 0.990/0.836/0.0045
-#   aarch64 (per-tensor weights): symmetric percentile 0.953/0.837/0.083, affine minmax 0.967/0.839/0.062,
-#                         + smoothing 0.95 0.812/0.748/1.40 (one weight scale per tensor cannot absorb the outliers)
+# Activations per device, chosen by measurement on the default model and task: `python tools/fidelity_probe.py`
+# prints each recipe's fake-quant agreement with fp32, accuracy and logit MSE (README "Fidelity" has the table).
 # x86: affine uint8 (a zero point: GELU outputs are nearly all >= -0.17, so a symmetric grid wastes half its levels
 # there), min/max ranges, after runtime SmoothQuant on every linear input. aarch64 keeps symmetric int8 with
-# percentile ranges and no smoothing: affine agreed better with fp32 (0.967 vs 0.953) but OpenVINO's int8 of it
-# agreed with the fake-quant model only on 0.960 (host check), while the symmetric contract passed the emulated
-# arm64 check. A symmetric-only method (entropy) switches an affine grid back to symmetric (with_calib_method).
+# percentile ranges and no smoothing: affine agreed better with fp32 there, but OpenVINO's int8 of it disagreed
+# with the fake-quant model on the host, while the symmetric contract passed the emulated arm64 check; smoothing
+# with one weight scale per tensor cannot absorb the outliers. A symmetric-only method (entropy) switches an affine
+# grid back to symmetric (with_calib_method).
 DEFAULT_CALIB_METHOD = {"x86": "minmax", "aarch64": "percentile"}
 DEFAULT_SMOOTH_ALPHA: dict[str, float | None] = {"x86": 0.95, "aarch64": None}
 

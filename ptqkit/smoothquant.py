@@ -51,8 +51,8 @@ from .quantizer import OBSERVING, Quantizer
 
 S_MIN, S_MAX = 1e-5, 1e5
 # Runtime smoothing bounds each s to [its group's RUNTIME_S_QUANTILE quantile, RUNTIME_S_MAX]: quiet channels are
-# not blown up by a tiny s and no weight column grows past 100x (the bounds NNCF uses; measured on the default
-# model, alpha 0.95: agreement with fp32 0.991 unbounded, 0.994 bounded).
+# not blown up by a tiny s and no weight column grows past 100x (the bounds NNCF uses; README "Fidelity" has
+# bounded vs unbounded on the default model).
 RUNTIME_S_QUANTILE, RUNTIME_S_MAX = 0.1, 100.0
 
 # Attention blocks, (query, key, value, output projection) relative to a layer prefix ("...layer.3.").
