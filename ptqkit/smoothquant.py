@@ -33,8 +33,8 @@ before smoothing a second time).
 Runtime smoothing (`smooth_runtime`, NNCF's approach for transformers; the x86 contract, QuantConfig.smooth_alpha)
 covers every linear input instead, the post-LN LayerNorm and GELU outputs included: the 1/s is not folded but
 applied by the activation observer as a per-channel multiply in front of the quantizer (Observer.channel_mul,
-carried into qmodel.QuantLinear by Quantizer.convert, an ONNX `Mul` in fp32: free on OpenVINO, ~12% of ONNX
-Runtime's int8 latency on the default model, README "Fidelity"), and the weights' columns take the s. Linears
+carried into qmodel.QuantLinear by Quantizer.convert, an ONNX `Mul` in fp32, whose cost per engine README
+"Fidelity" reports), and the weights' columns take the s. Linears
 reading the same tensor (Q, K, V) share one s. It preserves the float function (up to fp32 rounding) whatever
 the block structure.
 """
