@@ -64,15 +64,18 @@ class EnginePair:
 
         if isinstance(files, ray.ObjectRef):
             files = ray.get(files)
-        self.dir = Path(tempfile.mkdtemp(prefix="ptqkit-engines-"))
-        for name, data in files.items():
-            path = self.dir / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.dir / "tokenizer"))
-        engine = get_backend(backend)
-        self.fp32 = engine.compile(self.dir / "model_fp32.onnx", threads, "fp32")
-        self.int8 = engine.compile(self.dir / "model_int8_qdq.onnx", threads, "int8")
+        # The files are only read while loading: the directory goes once the engines hold the models (each actor
+        # would otherwise leave two model copies in /tmp).
+        with tempfile.TemporaryDirectory(prefix="ptqkit-engines-") as tmp:
+            folder = Path(tmp)
+            for name, data in files.items():
+                path = folder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+            engine = get_backend(backend)
+            self.fp32 = engine.compile(folder / "model_fp32.onnx", threads, "fp32")
+            self.int8 = engine.compile(folder / "model_int8_qdq.onnx", threads, "int8")
         self.text_columns = text_columns
         self.max_seq_len = max_seq_len
         self.label = label

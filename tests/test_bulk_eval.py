@@ -53,8 +53,12 @@ def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, t
     assert set(ray_rep["metrics"]["int8"]) == {"accuracy", "f1"}
 
 
-def test_jsonl_and_parquet_without_labels(artefacts, tiny_model_dir, tmp_path: Path) -> None:
+def test_jsonl_and_parquet_without_labels(artefacts, tiny_model_dir, tmp_path: Path, monkeypatch) -> None:
     import pandas as pd
+
+    scratch = tmp_path / "scratch"  # where the engines' model copies go while they load
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
 
     df = pd.DataFrame({"text": [" ".join(random.Random(i).choice(WORDS) for _ in range(8)) for i in range(50)],
                        "source": ["a", "b"] * 25})
@@ -64,6 +68,7 @@ def test_jsonl_and_parquet_without_labels(artefacts, tiny_model_dir, tmp_path: P
                           where="source=b")) for name in ("rows.jsonl", "rows.parquet")]
     assert reps[0]["rows"] == reps[1]["rows"] == 25 and "metrics" not in reps[0]
     assert reps[0]["agreement"] == reps[1]["agreement"]
+    assert list(scratch.iterdir()) == []  # no model copies left behind
 
 
 def test_bad_input_is_one_line(artefacts, tiny_model_dir, tmp_path: Path) -> None:
