@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
@@ -21,6 +21,11 @@ class Shape:
 
 
 DEFAULT_SHAPES = (Shape(1, 128), Shape(6, 64))  # the reference example's shapes
+# `--shapes server`: what a server sees (a short and a long document, and a batch for throughput), timed at one
+# thread and at every usable core. A 32x128 call of an fp32 variant takes seconds, so each cell's timing is capped.
+SERVER = "server"
+SERVER_SHAPES = (Shape(1, 128), Shape(1, 512), Shape(32, 128))
+SERVER_CELL_BUDGET_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,22 @@ def parse_shapes(text: str) -> tuple[Shape, ...]:
             raise ValueError(f"bad shape {item!r}: batch must be >= 1 and seq_len >= 2")
         shapes.append(Shape(b, s))
     return tuple(shapes)
+
+
+def bench_config(shapes: str | None, threads: str | None, rounds: int | None) -> BenchConfig:
+    """The timing flags as a BenchConfig: a shape list or the `server` preset (whose threads, unless given, are one
+    and every usable core); raises ValueError on bad values."""
+    base = BenchConfig(**({"rounds": rounds} if rounds else {}))
+    if shapes == SERVER:
+        cores = usable_cores()
+        return replace(base, shapes=SERVER_SHAPES, threads=parse_threads(threads) if threads else tuple(sorted({1, cores})),
+                       time_budget_s=SERVER_CELL_BUDGET_S)
+    return replace(base, threads=parse_threads(threads), **({"shapes": parse_shapes(shapes)} if shapes else {}))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's or a Ray actor's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_threads(text: str | None) -> tuple[int, ...]:

@@ -95,6 +95,7 @@ def add_calib_flags(p: argparse.ArgumentParser) -> None:
 def add_bench_flags(p: argparse.ArgumentParser) -> None:
     """Latency flags (bench.py, bert_ptq.py); defaults from BenchConfig."""
     bench = BenchConfig()
-    p.add_argument("--shapes", default=",".join(map(str, bench.shapes)), help="latency shapes BATCHxSEQ, comma-separated")
+    p.add_argument("--shapes", default=",".join(map(str, bench.shapes)), help="latency shapes BATCHxSEQ, comma-separated, "
+                   "or 'server': 1x128, 1x512 and 32x128 at one thread and at every usable core")
     p.add_argument("--threads", help="thread counts, comma-separated (default: $OMP_NUM_THREADS or 1)")
     p.add_argument("--rounds", type=positive_int, default=bench.rounds, help="timed rounds per shape")

@@ -411,14 +411,12 @@ def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict 
 def config_from_args(args) -> RunConfig:
     """argparse namespace -> RunConfig; flags a CLI does not have keep RunConfig's defaults (declared once there).
     Bad flag values become UserError."""
-    from .bench import parse_shapes, parse_threads
+    from .bench import bench_config
 
     given = vars(args)
     default = RunConfig()
     try:
-        bench = replace(default.bench, threads=parse_threads(given.get("threads")),
-                        **({"shapes": parse_shapes(given["shapes"])} if given.get("shapes") else {}),
-                        **({"rounds": given["rounds"]} if given.get("rounds") else {}))
+        bench = bench_config(given.get("shapes"), given.get("threads"), given.get("rounds"))
     except ValueError as e:
         raise UserError(str(e)) from None
     names = {f.name for f in fields(RunConfig)} - {"bench", "text_columns", "isa"}

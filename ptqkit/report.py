@@ -44,7 +44,8 @@ def summary(rep: dict) -> str:
         if v.get("status") == "failed":
             lines.append(f"  failed: {v['error']}")
     for v in (v for v in rep["variants"] if v.get("latency_ms")):
-        cells = ", ".join(f"{r['batch']}x{r['seq_len']}/{r['threads']}t {r['median']:.2f} ms" for r in v.get("latency_ms", []))
+        cells = ", ".join(f"{r['batch']}x{r['seq_len']}/{r['threads']}t {r['median']:.2f} ms"
+                          + (f" ({r['throughput_seq_s']:.1f} seq/s)" if r["batch"] > 1 else "") for r in v["latency_ms"])
         lines.append(f"{v['name']} avg ms (median): {cells}")
     return "\n".join(lines)
 
@@ -121,7 +122,17 @@ def markdown(rep: dict) -> str:
                 speed = f" ({base[c] / r['median']:.2f}x)" if r and c in base else ""
                 out.append(f"{r['median']:.2f}{speed}" if r else "")
             lines.append(f"| {_label(v)} | " + " | ".join(out) + " |")
-        lines += ["", "p90 and throughput (sequences/s) per cell are in report.json.", ""]
+        lines += ["", "p90 per cell is in report.json.", ""]
+        batched = [c for c in cells if c[0] > 1]
+        if batched:
+            lines += ["## Throughput (sequences/s, from the same medians)", "",
+                      "| variant | " + " | ".join(f"{b}x{s} {t}t" for b, s, t in batched) + " |",
+                      "|---|" + "---|" * len(batched)]
+            for v in timed:
+                row = {(r["batch"], r["seq_len"], r["threads"]): r for r in v["latency_ms"]}
+                lines.append(f"| {_label(v)} | " + " | ".join(
+                    f"{row[c]['throughput_seq_s']:.1f}" if c in row else "" for c in batched) + " |")
+            lines.append("")
     with_kernels = [v for v in rep["variants"] if "int8_kernels" in v]
     if with_kernels:
         lines += ["## Kernel evidence (from each engine's own runtime graph)", "",

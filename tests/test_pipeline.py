@@ -37,7 +37,7 @@ def user_cfg(tmp_path_factory, tiny_model_dir) -> RunConfig:
         model=str(tiny_model_dir), train_file=str(_write_csv(d / "train.csv", 120, 0)),
         validation_file=str(_write_csv(d / "val.csv", 40, 1)), output_dir=str(d / "out"), cache_dir=str(d / "cache"),
         batch_size=8, max_seq_len=32, calib_batches=2, skip_peers=True,
-        bench=BenchConfig(shapes=(Shape(1, 16),), rounds=2, warmup=1),
+        bench=BenchConfig(shapes=(Shape(1, 16), Shape(2, 16)), rounds=2, warmup=1),
     )
 
 
@@ -69,6 +69,7 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     md = (out / "report.md").read_text()
     assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
     assert "| variant | agreement with fp32 | accuracy |" in md  # fidelity is the first column
+    assert "## Throughput (sequences/s, from the same medians)" in md and "| variant | 2x16 1t |" in md
     assert not list(out.glob(".*tmp*")), "temp files left behind"
 
 
