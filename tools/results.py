@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Regenerate README's results: run the default command on this CPU, keep its report as results/<int8 ISA>.json,
-and rewrite the README block between the results markers from every results/*.json (one table per CPU class).
+"""Regenerate README's results: run the measurement set on this CPU, keep each report as results/<int8 ISA>[.<set>].json,
+and rewrite the README block between the results markers from every results/*.json (tables per CPU class).
 
-    python tools/results.py                       # runs: OMP_NUM_THREADS=1 bert_ptq.py --device x86 --threads 1,2
-    python tools/results.py --from-report DIR     # format an existing bert_ptq.py output dir instead
+    python tools/results.py                       # runs both sets below on this CPU
+    python tools/results.py --only default        # one set
+    python tools/results.py --from-report DIR --set default   # format an existing bert_ptq.py output dir instead
     python tools/results.py --render-only         # rebuild README's block from results/*.json
 
-Tables from other CPUs stay as they were measured: run this script on an AVX2, AVX-512 VNNI or AMX machine to
-add or refresh that machine's table.
+The sets: "default", the default model with evaluation at the server shapes (1x128 and 1x512 latency, 32x128
+throughput, one thread and every core); "bert-base", a bert-base-sized model (random weights) timed at 1x128.
+Tables from other CPUs stay as they were measured: run this script on an AVX2, AVX-512 VNNI or AMX machine to add
+or refresh that machine's tables.
 """
 from __future__ import annotations
 
@@ -31,17 +34,28 @@ BEGIN, END = "<!-- results:begin (tools/results.py writes this block) -->", "<!-
 ORDER = X86_INT8_ISAS + ARM_INT8_ISAS
 
 
-def run_default(extra: list[str]) -> Path:
+COMMANDS = {  # set -> bert_ptq.py flags (OMP_NUM_THREADS=1, as README's main command)
+    "default": ["--device", "x86", "--shapes", "server"],
+    "bert-base": ["--device", "x86", "--model", "bert-base-random", "--bench-only", "--shapes", "1x128"],
+}
+
+
+def command_line(flags: list[str]) -> str:
+    return " ".join(["OMP_NUM_THREADS=1 python bert_ptq.py", *flags])
+
+
+def run_set(flags: list[str]) -> Path:
     out = Path(tempfile.mkdtemp(prefix="ptqkit-results-"))
-    cmd = [sys.executable, str(REPO / "bert_ptq.py"), "--device", "x86", "--threads", "1,2", "--output-dir", str(out), *extra]
+    cmd = [sys.executable, str(REPO / "bert_ptq.py"), *flags, "--output-dir", str(out)]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return out
 
 
-def keep(report_dir: Path, command: str) -> Path:
+def keep(report_dir: Path, name: str, command: str) -> Path:
     rep = json.loads((report_dir / "report.json").read_text())
-    rep["command"] = command
-    path = RESULTS / f"{rep['cpu']['int8_isa']}.json"
+    rep["command"], rep["results_set"] = command, name
+    suffix = "" if name == "default" else f".{name}"
+    path = RESULTS / f"{rep['cpu']['int8_isa']}{suffix}.json"
     RESULTS.mkdir(exist_ok=True)
     artifacts.write_json(path, rep)
     return path
@@ -56,28 +70,36 @@ def table(rep: dict) -> str:
             for v in rep["variants"] if v["name"] == "pytorch-fp32" for r in v.get("latency_ms", [])}
     sel = rep.get("backend_selection")
     versions = ", ".join(f"{k} {v}" for k, v in rep["versions"].items() if k != "python")
-    lines = [f"#### {cpu['int8_isa']}: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])})", "",
-             f"`{rep.get('command', 'bert_ptq.py')}`; {versions}; {rep['eval_examples']} validation sentences; "
-             f"median ms of {rep['bench']['rounds']} interleaved rounds.", ""]
+    bench = rep["bench"]
+    rounds = f"up to {bench['rounds']}" if bench.get("time_budget_s") else bench["rounds"]
+    lines = [f"#### {cpu['int8_isa']}, {rep['model']}: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])})", "",
+             f"`{rep.get('command', 'bert_ptq.py')}`; {versions}; "
+             + (f"{rep['eval_examples']} validation sentences; " if rep["eval_examples"] else "timing only (no evaluation); ")
+             + f"median ms of {rounds} interleaved rounds (batched cells also in sequences/s).", ""]
     if sel:
         lines += [f"`--backend auto` chose **{sel['chosen']}**: " + "; ".join(describe(c) for c in sel["candidates"]) + ".", ""]
     head = " | ".join(f"{b}x{s} {t}t" for b, s, t in cells)
     lines += [f"| variant | accuracy | agreement with fp32 | int8 kernels | {head} |", "|---|---|---|---|" + "---|" * len(cells)]
     for v in timed:
-        row = {(r["batch"], r["seq_len"], r["threads"]): r["median"] for r in v.get("latency_ms", [])}
-        lat = [f"{row[c]:.2f}" + (f" ({base[c] / row[c]:.2f}x)" if c in base and v["name"] != "pytorch-fp32" else "")
+        row = {(r["batch"], r["seq_len"], r["threads"]): r for r in v.get("latency_ms", [])}
+        lat = [f"{row[c]['median']:.2f}" + (f" = {row[c]['throughput_seq_s']:.0f}/s" if c[0] > 1 else "")
+               + (f" ({base[c] / row[c]['median']:.2f}x)" if c in base and v["name"] != "pytorch-fp32" else "")
                if c in row else "" for c in cells]
         acc = next(iter(v.get("metrics", {}).values()), None)
         kind = " (peer)" if v.get("peer") else " (ours)" if v["precision"].startswith("int8") and "fakequant" not in v["precision"] else ""
         name = f"**{v['name']}**" if kind == " (ours)" else v["name"]
-        lines.append(f"| {name}{kind} | {'' if acc is None else f'{acc:.3f}'} | {v.get('agreement_with_fp32', 1.0 if v['name'] == 'pytorch-fp32' else ''):} "
+        lines.append(f"| {name}{kind} | {'' if acc is None else f'{acc:.3f}'} | {v.get('agreement_with_fp32', 1.0 if v['name'] == 'pytorch-fp32' and acc is not None else ''):} "
                      f"| {v.get('int8_kernels', '')} | " + " | ".join(lat) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _order(rep: dict) -> tuple[int, int]:
+    isa = rep["cpu"]["int8_isa"]
+    return (ORDER.index(isa) if isa in ORDER else len(ORDER), list(COMMANDS).index(rep.get("results_set", "default")))
+
+
 def render() -> None:
-    reports = sorted((json.loads(p.read_text()) for p in RESULTS.glob("*.json")),
-                     key=lambda r: ORDER.index(r["cpu"]["int8_isa"]) if r["cpu"]["int8_isa"] in ORDER else len(ORDER))
+    reports = sorted((json.loads(p.read_text()) for p in RESULTS.glob("*.json")), key=_order)
     block = "\n".join([BEGIN, *(table(r) for r in reports), END])
     readme = REPO / "README.md"
     text = readme.read_text(encoding="utf-8")
@@ -85,19 +107,22 @@ def render() -> None:
         raise SystemExit(f"README.md has no results markers ({BEGIN} ... {END})")
     start, stop = text.index(BEGIN), text.index(END) + len(END)
     artifacts.write_text(readme, text[:start] + block + text[stop:])
-    print(f"README results block: {len(reports)} CPU class(es)")
+    print(f"README results block: {len(reports)} table(s)")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--from-report", type=Path, help="an existing bert_ptq.py --output-dir to format")
-    p.add_argument("--command", default="OMP_NUM_THREADS=1 python bert_ptq.py --device x86 --threads 1,2",
-                   help="the command line to print above a --from-report table")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--only", choices=list(COMMANDS), help="run one measurement set (default: all)")
+    p.add_argument("--from-report", type=Path, help="an existing bert_ptq.py --output-dir to format (with --set)")
+    p.add_argument("--set", choices=list(COMMANDS), default="default", help="the set --from-report was run as")
+    p.add_argument("--command", help="the command line to print above a --from-report table (default: the set's)")
     p.add_argument("--render-only", action="store_true")
-    args, extra = p.parse_known_args()
-    if not args.render_only:
-        src = args.from_report or run_default(extra)
-        print(f"kept {keep(src, args.command if args.from_report else ' '.join(['OMP_NUM_THREADS=1 python bert_ptq.py --device x86 --threads 1,2', *extra]))}")
+    args = p.parse_args()
+    if args.from_report:
+        print(f"kept {keep(args.from_report, args.set, args.command or command_line(COMMANDS[args.set]))}")
+    elif not args.render_only:
+        for name in [args.only] if args.only else list(COMMANDS):
+            print(f"kept {keep(run_set(COMMANDS[name]), name, command_line(COMMANDS[name]))}")
     render()
 
 
