@@ -30,6 +30,7 @@ class BenchConfig:
     warmup: int = 5
     rounds: int = 30
     time_budget_s: float | None = None  # stop a (shape, threads) cell early once this much time has passed
+    profile_calls: int = 10  # profiled calls per cell for the engine-time split and the int8 limit (0: none)
 
 
 def parse_shapes(text: str) -> tuple[Shape, ...]:
