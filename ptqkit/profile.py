@@ -1,9 +1,9 @@
 """Where one call's time goes: the engine's own profiler time by op kind, beside the end-to-end time.
 
-The split comes from a separately compiled, profiling copy of the model (Engine.op_times), since profiling slows
-the calls it watches; the end-to-end median comes from the runner that is timed, called on the same inputs right
-after. outside = end-to-end minus the engine's total: Python, the binding of inputs and outputs, the engine's own
-dispatch between nodes.
+The split comes from a separately compiled, profiling copy of the model (Engine.op_times): profiling can slow the
+calls it watches (ORT writes an event per node) and must not touch the timed runner. The end-to-end median comes
+from the timed runner, called on the same inputs right after each profiled call. outside = end-to-end minus the
+engine's total: Python, the binding of inputs and outputs, the engine's own dispatch between nodes.
 """
 from __future__ import annotations
 
@@ -15,24 +15,30 @@ import numpy as np
 from .backends.base import OP_KINDS, Inputs, Runner
 from .bench import Shape
 
-OpTimes = Callable[[int, Inputs, int], list[dict[str, float]]]  # (threads, inputs, calls) -> per call ms by kind
+# (threads, inputs, calls, between) -> per call ms by kind: Engine.op_times with the model and precision bound
+OpTimes = Callable[[int, Inputs, int, Callable[[], None]], list[dict[str, float]]]
 
 
 def profile_cell(op_times: OpTimes, runner: Runner, inputs: Inputs, shape: Shape, threads: int, calls: int) -> dict:
-    """Median ms per op kind over `calls` profiled calls, the engine total, the runner's end-to-end median over as
-    many calls, and outside (never below 0: the two medians come from different calls)."""
-    per_call = op_times(threads, inputs, calls)
+    """Median ms per op kind over `calls` profiled calls, the engine total, the end-to-end median of the timed
+    runner called once right after each profiled call, and outside: the median of those pairs' end-to-end minus
+    engine (clamped at 0: the two are different calls)."""
     walls = []
-    for _ in range(calls):
+
+    def timed_call() -> None:
         t0 = time.perf_counter()
         runner(inputs)
         walls.append((time.perf_counter() - t0) * 1e3)
-    engine = float(np.median([sum(c.values()) for c in per_call]))
-    end_to_end = float(np.median(walls))
+
+    per_call = op_times(threads, inputs, calls, timed_call)
+    engines = [sum(c.values()) for c in per_call]
+    engine, end_to_end = float(np.median(engines)), float(np.median(walls))
+    # each timed call right after its profiled one: their difference cancels most of a shared machine's swings
+    outside = float(np.median([w - e for w, e in zip(walls, engines)]))
     return {"batch": shape.batch, "seq_len": shape.seq_len, "threads": threads, "calls": len(per_call),
             **{k: round(float(np.median([c[k] for c in per_call])), 3) for k in OP_KINDS},
             "engine": round(engine, 3), "end_to_end": round(end_to_end, 3),
-            "outside": round(max(end_to_end - engine, 0.0), 3)}
+            "outside": round(max(outside, 0.0), 3)}
 
 
 def format_profile(name: str, cell: dict) -> str:

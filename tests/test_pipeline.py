@@ -69,6 +69,18 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     md = (out / "report.md").read_text()
     assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
     assert "| variant | agreement with fp32 | accuracy |" in md  # fidelity is the first column
+    # the engine's profiler beside the end-to-end median, for the engine's variants; the int8 GEMM limit
+    for name in (f"{engine}-fp32", sel["chosen"]):
+        (cell,) = by_name[name]["profile"]
+        assert (cell["batch"], cell["seq_len"], cell["threads"]) == (1, 16, 1) and cell["gemm"] > 0
+        assert cell["end_to_end"] > 0 and cell["outside"] >= 0
+    assert "profile" not in by_name["pytorch-fp32"]
+    (limit,) = rep["limits"]
+    assert limit["engine"] == engine and limit["peaks"][0]["peak_gmac_s"] > 0
+    assert [r["name"] for r in limit["rows"]] == [v["name"] for v in rep["variants"]
+                                                   if v.get("engine") == engine and v.get("profile")
+                                                   and v["precision"].startswith("int8")]
+    assert "## Engine time" in md and "## Limit" in md
     assert not list(out.glob(".*tmp*")), "temp files left behind"
 
 

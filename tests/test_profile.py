@@ -33,7 +33,7 @@ def onnx_files(tmp_path_factory) -> dict[str, tuple]:
 
 
 def _plain(engine: str, path, precision: str):
-    """The engine's plain (copying) call, as the runners did before I/O binding."""
+    """The engine's plain call: OpenVINO infer copying inputs and outputs; ORT session.run (the runner itself)."""
     runner = get_backend(engine).compile(path, 1, precision)
     if engine == "openvino":
         def call(inputs):
@@ -73,16 +73,17 @@ def test_op_times_split_by_kind(engine, model, onnx_files):
     precision = "fp32" if model == "fp32" else "int8"
     backend = get_backend(engine)
     inputs = synthetic_inputs(Shape(2, 32), 100, NAMES)
-    calls = backend.op_times(onnx_files[model], 1, precision, inputs, 3)
-    assert len(calls) == 3
+    between = []
+    calls = backend.op_times(onnx_files[model], 1, precision, inputs, 3, lambda: between.append(1))
+    assert len(calls) == 3 and len(between) == 3  # the timed runner gets one call after each profiled one
     for c in calls:
         assert set(c) == set(OP_KINDS)
         assert c["gemm"] > 0 and c["attention"] > 0 and c["norm_act"] > 0, c
     runner = backend.compile(onnx_files[model], 1, precision)
-    cell = profile_cell(lambda t, x, n: backend.op_times(onnx_files[model], t, precision, x, n), runner, inputs,
+    cell = profile_cell(lambda t, x, n, b: backend.op_times(onnx_files[model], t, precision, x, n, b), runner, inputs,
                         Shape(2, 32), 1, 3)
-    assert cell["engine"] == pytest.approx(sum(cell[k] for k in OP_KINDS), abs=0.01)
-    assert cell["outside"] == pytest.approx(max(cell["end_to_end"] - cell["engine"], 0), abs=0.002)
+    assert all(0 < cell[k] <= cell["engine"] for k in ("gemm", "attention", "norm_act"))  # medians of parts <= whole
+    assert cell["outside"] >= 0 and cell["end_to_end"] > 0
     assert (cell["batch"], cell["seq_len"], cell["threads"], cell["calls"]) == (2, 32, 1, 3)
 
 

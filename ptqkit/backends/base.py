@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -75,8 +75,11 @@ class Engine:
     def compile(self, model: Any, threads: int, precision: str = "fp32") -> Runner:
         raise NotImplementedError
 
-    def op_times(self, model: Any, threads: int, precision: str, inputs: Inputs, calls: int) -> list[dict[str, float]]:
-        """Per call, the milliseconds the engine's own profiler counted, by OP_KINDS.
+    def op_times(self, model: Any, threads: int, precision: str, inputs: Inputs, calls: int,
+                 between: Callable[[], None] | None = None) -> list[dict[str, float]]:
+        """Per call (after a warm-up call), the milliseconds the engine's own profiler counted, by OP_KINDS.
 
-        Compiles its own copy of the model with profiling on (profiling slows calls: never the timed runner)."""
+        Compiles its own copy of the model with profiling on (profiling slows calls: never the timed runner).
+        `between` runs after each profiled call (profile.profile_cell times the real runner there, so that both
+        see the same machine)."""
         raise NotImplementedError

@@ -5,6 +5,7 @@ import json
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -16,29 +17,17 @@ FP32_OPS = ("MatMul", "Gemm", "FusedMatMul", "Attention", "MultiHeadAttention", 
 
 
 class ORTRunner:
-    """Runs through an I/O binding: the session reads the caller's arrays in place and writes logits into an
-    output array preallocated per batch size."""
+    """session.run on the caller's arrays; it returns a fresh output array per call, which callers may keep. An
+    I/O binding (bound CPU inputs, an output preallocated per batch size) measured no faster in three interleaved
+    runs (README, "Where the time goes"), so the plain call stays."""
 
     def __init__(self, session, evidence: KernelEvidence):
         self.session = session
         self.evidence = evidence
         self.input_names = tuple(i.name for i in session.get_inputs())
-        self.output = session.get_outputs()[0]
-        self.binding = session.io_binding()
-        self._outputs: dict[int, np.ndarray] = {}  # batch size -> preallocated logits
 
     def __call__(self, inputs: Inputs) -> np.ndarray:
-        for n in self.input_names:
-            self.binding.bind_cpu_input(n, np.ascontiguousarray(inputs[n]))  # no copy when already contiguous
-        batch = inputs[self.input_names[0]].shape[0]
-        if batch not in self._outputs:
-            self._outputs[batch] = np.empty((batch, *self.output.shape[1:]), dtype=np.float32)
-        out = self._outputs[batch]
-        self.binding.bind_output(self.output.name, "cpu", 0, np.float32, out.shape, out.ctypes.data)
-        self.session.run_with_iobinding(self.binding)
-        # the preallocated array is rewritten by the next call of this batch size; callers keep logits (a few
-        # floats per row), so they get their own copy
-        return out.copy()
+        return self.session.run(None, {n: inputs[n] for n in self.input_names})[0]
 
     def kernels(self) -> KernelEvidence:
         """Op types of the graph as ORT optimized it (read at session creation)."""
@@ -72,8 +61,8 @@ class ORTBackend(Engine):
             evidence = _optimized_ops(optimized)
         return ORTRunner(session, evidence)
 
-    def op_times(self, model_path: str | Path, threads: int, precision: str, inputs: Inputs,
-                 calls: int) -> list[dict[str, float]]:
+    def op_times(self, model_path: str | Path, threads: int, precision: str, inputs: Inputs, calls: int,
+                 between: Callable[[], None] | None = None) -> list[dict[str, float]]:
         """From ONNX Runtime's profiler (its node kernel events) on a session of its own, per call.
 
         A float MatMul of two (batch, heads, ., .) activations is attention, any other a weight GEMM (fp32 models).
@@ -81,8 +70,10 @@ class ORTBackend(Engine):
         with tempfile.TemporaryDirectory(prefix="ptqkit-ort-profile-") as tmp:
             session = _session(model_path, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "p"))
             feed = {i.name: np.ascontiguousarray(inputs[i.name]) for i in session.get_inputs()}
-            for _ in range(calls + 1):
+            for i in range(calls + 1):
                 session.run(None, feed)
+                if i and between:
+                    between()
             events = json.loads(Path(session.end_profiling()).read_text())
         runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[1:]  # 1st: warm-up
         out = [dict.fromkeys(OP_KINDS, 0.0) for _ in runs]

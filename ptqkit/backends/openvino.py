@@ -5,6 +5,7 @@ import os
 from collections import Counter
 from types import MappingProxyType
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -80,8 +81,8 @@ class OpenVINOBackend(Engine):
         compiled, inputs = _compile(model_path, threads, precision)
         return OpenVINORunner(compiled, inputs)
 
-    def op_times(self, model_path: str | Path, threads: int, precision: str, inputs: Inputs,
-                 calls: int) -> list[dict[str, float]]:
+    def op_times(self, model_path: str | Path, threads: int, precision: str, inputs: Inputs, calls: int,
+                 between: Callable[[], None] | None = None) -> list[dict[str, float]]:
         """From the CPU plugin's performance counters (PERF_COUNT) of a request of its own, per call.
 
         Weight matmuls run as FullyConnected nodes (bias, activation and requantization fused in); the plugin fuses
@@ -102,6 +103,8 @@ class OpenVINOBackend(Engine):
                     kind = "attention" if info.node_name in attention else OP_KIND.get(info.node_type, "other")
                     kinds[kind] += info.real_time.total_seconds() * 1e3
             out.append(kinds)
+            if between:
+                between()
         return out
 
 
