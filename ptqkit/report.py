@@ -171,10 +171,11 @@ def _limit_lines(rep: dict) -> list[str]:
             lines += [f"## Limit ({lim['engine']}): int8 GEMM micro-benchmark failed: {lim['error']}", ""]
             continue
         peaks = "; ".join(f"{p['threads']}t {p['peak_gmac_s']} GMAC/s" for p in lim["peaks"])
-        shapes = ", ".join(f"{c['m']}x{c['k']}x{c['n']}" for c in lim["peaks"][0]["shapes"])
+        shapes = ", ".join(sorted({f"{c['m']}x{c['k']}x{c['n']}" for c in lim["peaks"][0]["shapes"]}))
         lines += [f"## Limit: the model's GEMMs against {lim['engine']}'s measured int8 GEMM peak ({peaks})", "",
-                  f"Peak: the best of single {lim['activations']} x int8 QDQ GEMMs (MxKxN {shapes}) timed by the "
-                  "engine's profiler on this CPU. GEMM MACs from the model's config.", "",
+                  f"Peak: the best of single {lim['activations']} x int8 QDQ GEMMs (MxKxN {shapes}; float and "
+                  "requantized outputs) timed by the engine's profiler on this CPU. GEMM MACs from the model's "
+                  "config.", "",
                   "| variant | cell | GEMM GMAC | GEMM ms (profiler) | GEMM GMAC/s | share of peak | end-to-end ms | "
                   "GEMM MACs / end-to-end, share of peak |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['name']} | {r['batch']}x{r['seq_len']} {r['threads']}t | {r['gemm_macs'] / 1e9:.2f} | "
