@@ -435,6 +435,9 @@ def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict 
 def measure_limit(engine: Engine, int8_onnx: Path, records: list[dict], config, threads: tuple[int, ...]) -> dict:
     """The engine's int8 GEMM peak per thread count, and each profiled int8 variant on that engine as a share of
     it (roofline.limit_row). A failed micro-benchmark is reported with its reason, never raised."""
+    if roofline.gemm_macs(config, 1, 2) is None:
+        return {"engine": engine.name, "status": "failed",
+                "error": f"no GEMM MAC formula for model type {getattr(config, 'model_type', '?')}"}
     try:
         act = roofline.activation_dtype(int8_onnx)
         peaks = {t: roofline.int8_peak(engine, t, act) for t in threads}

@@ -22,14 +22,21 @@ PEAK_SHAPES = ((512, 1024, 4096), (512, 4096, 1024), (2048, 1024, 1024))
 PEAK_CALLS = 10
 
 
-def gemm_macs(config, batch: int, seq_len: int) -> dict[str, int]:
-    """Multiply-accumulates of one forward pass of a BERT-style encoder classifier, from its config.
+def gemm_macs(config, batch: int, seq_len: int) -> dict[str, int] | None:
+    """Multiply-accumulates of one forward pass of a BERT-style encoder classifier, from its config; None for a
+    config this formula does not describe (e.g. MobileBERT's bottlenecks).
 
-    gemm: the weight matmuls (Q, K, V, attention output, FFN in and out per layer; pooler and classifier), which
+    gemm: the weight matmuls (Q, K, V, attention output, FFN in and out per layer; an embedding projection where
+    the embeddings are narrower, as in ALBERT and ELECTRA; the pooler or pre-classifier and the classifier), which
     the engines run as int8 GEMMs. attention: Q.K^T and P.V (activation x activation)."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    h, layers = getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None)
+    ffn = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)  # DistilBERT: hidden_dim
+    if not (h and layers and ffn) or hasattr(config, "true_hidden_size"):
+        return None
     tokens = batch * seq_len
-    return {"gemm": layers * tokens * (4 * h * h + 2 * h * i) + batch * (h * h + h * config.num_labels),
+    embedding = getattr(config, "embedding_size", h) or h
+    projection = tokens * embedding * h if embedding != h else 0
+    return {"gemm": layers * tokens * (4 * h * h + 2 * h * ffn) + projection + batch * (h * h + h * config.num_labels),
             "attention": layers * 2 * batch * seq_len * seq_len * h}
 
 

@@ -113,6 +113,11 @@ def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> No
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert {v["name"] for v in bench["variants"]} == {"pytorch-fp32", "openvino-fp32", "openvino-int8",
                                                       "onnxruntime-fp32", "onnxruntime-int8"}
+    # each engine's profiler split per variant and its int8 GEMM limit; PyTorch has no profiler here
+    assert all(len(v.get("profile", [])) == (v["engine"] != "pytorch") for v in bench["variants"])
+    assert [(lim["engine"], [r["name"] for r in lim["rows"]]) for lim in bench["limits"]] == [
+        ("openvino", ["openvino-int8"]), ("onnxruntime", ["onnxruntime-int8"])]
+    assert "share of the measured int8 peak" in res.stdout
 
 
 def test_smoothquant_state_reloads_onto_checkpoint(user_cfg: RunConfig, tmp_path: Path) -> None:

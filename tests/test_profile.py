@@ -99,6 +99,17 @@ def test_gemm_macs_from_config():
     assert roofline.gemm_macs(cfg, 2, 256)["gemm"] - 2 * head == 4 * (macs["gemm"] - head)
 
 
+def test_gemm_macs_of_other_model_types():
+    from transformers import AlbertConfig, DistilBertConfig, MobileBertConfig
+
+    distil = roofline.gemm_macs(DistilBertConfig(dim=32, n_layers=2, hidden_dim=64, num_labels=2), 1, 8)
+    assert distil["gemm"] == 2 * 8 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32 + 32 * 2
+    albert = roofline.gemm_macs(AlbertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                             embedding_size=16, num_labels=2), 1, 8)
+    assert albert["gemm"] == distil["gemm"] + 8 * 16 * 32  # plus the embedding projection
+    assert roofline.gemm_macs(MobileBertConfig(), 1, 8) is None  # bottlenecks: not this formula
+
+
 def test_activation_dtype_follows_the_contract(onnx_files):
     assert roofline.activation_dtype(onnx_files["x86"]) == "uint8"  # affine uint8 activations on x86
     assert roofline.activation_dtype(onnx_files["aarch64"]) == "int8"  # symmetric int8 on aarch64
