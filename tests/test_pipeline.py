@@ -117,7 +117,7 @@ def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> No
     assert all(len(v.get("profile", [])) == (v["engine"] != "pytorch") for v in bench["variants"])
     assert [(lim["engine"], [r["name"] for r in lim["rows"]]) for lim in bench["limits"]] == [
         ("openvino", ["openvino-int8"]), ("onnxruntime", ["onnxruntime-int8"])]
-    assert "share of the measured int8 peak" in res.stdout
+    assert "of the measured int8 peak" in res.stdout
 
 
 def test_smoothquant_state_reloads_onto_checkpoint(user_cfg: RunConfig, tmp_path: Path) -> None:
