@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Step 3: compile the exported fp32 and int8 artefacts on the engine(s) and time them interleaved with PyTorch fp32."""
+"""Step 3: compile the exported fp32 and int8 artefacts on the engine(s), time them interleaved with PyTorch fp32,
+split each engine's time by op kind with its own profiler and measure its int8 GEMM peak (bench.json)."""
 from __future__ import annotations
 
 from ptqkit.cli import add_bench_flags, parser, run_main

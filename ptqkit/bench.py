@@ -35,6 +35,7 @@ class BenchConfig:
     warmup: int = 5
     rounds: int = 30
     time_budget_s: float | None = None  # stop a (shape, threads) cell early once this much time has passed
+    profile_calls: int = 10  # profiled calls per cell for the engine-time split and the int8 limit (0: none)
 
 
 def parse_shapes(text: str) -> tuple[Shape, ...]:
@@ -51,10 +52,14 @@ def parse_shapes(text: str) -> tuple[Shape, ...]:
     return tuple(shapes)
 
 
-def bench_config(shapes: str | None, threads: str | None, rounds: int | None) -> BenchConfig:
+def bench_config(shapes: str | None, threads: str | None, rounds: int | None = None,
+                 profile_calls: int | None = None) -> BenchConfig:
     """The timing flags as a BenchConfig: a shape list or the `server` preset (whose threads, unless given, are one
     and every usable core); raises ValueError on bad values."""
-    base = BenchConfig(**({"rounds": rounds} if rounds else {}))
+    if profile_calls is not None and profile_calls < 0:
+        raise ValueError(f"bad --profile-calls {profile_calls}: use 0 (no profiling) or more")
+    base = BenchConfig(**({"rounds": rounds} if rounds else {}),
+                       **({"profile_calls": profile_calls} if profile_calls is not None else {}))
     if shapes == SERVER:
         cores = usable_cores()
         return replace(base, shapes=SERVER_SHAPES, threads=parse_threads(threads) if threads else tuple(sorted({1, cores})),

@@ -99,3 +99,5 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
                    "or 'server': 1x128, 1x512 and 32x128 at one thread and at every usable core")
     p.add_argument("--threads", help="thread counts, comma-separated (default: $OMP_NUM_THREADS or 1)")
     p.add_argument("--rounds", type=positive_int, default=bench.rounds, help="timed rounds per shape")
+    p.add_argument("--profile-calls", type=int, default=bench.profile_calls, help="calls per shape profiled by "
+                   "the engine's own profiler (time by op kind, share of the measured int8 GEMM peak); 0: none")

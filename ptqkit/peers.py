@@ -16,6 +16,7 @@ from .backends.base import Runner
 from .backends.onnxruntime import ORTBackend
 from .backends.openvino import OpenVINOBackend
 from .backends.pytorch import TorchRunner
+from .profile import OpTimes
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Peer:
     precision: str
     build: Callable[[int], Runner]  # threads -> runner
     artefact: str | None = None
+    op_times: OpTimes | None = None  # the engine's profiler, where it has one
 
 
 def nncf_int8(fp32_onnx: Path, calib: list[dict], out_dir: Path) -> Peer:
@@ -40,13 +42,15 @@ def nncf_int8(fp32_onnx: Path, calib: list[dict], out_dir: Path) -> Peer:
     xml = out_dir / "peer_nncf_int8.xml"
     _save_ir(quantized, xml)
     backend = OpenVINOBackend()
-    return Peer("nncf-openvino-int8", "openvino", "int8", lambda t: backend.compile(xml, t, "int8"), str(xml))
+    return Peer("nncf-openvino-int8", "openvino", "int8", lambda t: backend.compile(xml, t, "int8"), str(xml),
+                lambda t, x, n, b: backend.op_times(xml, t, "int8", x, n, b))
 
 
 def openvino_bf16(fp32_onnx: Path) -> Peer:
     """The fp32 model with OpenVINO's bf16 hint: no calibration at all."""
     backend = OpenVINOBackend()
-    return Peer("openvino-bf16", "openvino", "bf16", lambda t: backend.compile(fp32_onnx, t, "bf16"), str(fp32_onnx))
+    return Peer("openvino-bf16", "openvino", "bf16", lambda t: backend.compile(fp32_onnx, t, "bf16"), str(fp32_onnx),
+                lambda t, x, n, b: backend.op_times(fp32_onnx, t, "bf16", x, n, b))
 
 
 def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
@@ -58,7 +62,8 @@ def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
         warnings.simplefilter("ignore")
         quantize_dynamic(str(fp32_onnx), str(tmp), weight_type=QuantType.QInt8)
     backend = ORTBackend()
-    return Peer("onnxruntime-dynamic-int8", "onnxruntime", "int8", lambda t: backend.compile(path, t, "int8"), str(path))
+    return Peer("onnxruntime-dynamic-int8", "onnxruntime", "int8", lambda t: backend.compile(path, t, "int8"), str(path),
+                lambda t, x, n, b: backend.op_times(path, t, "int8", x, n, b))
 
 
 def pytorch_dynamic_int8(model: torch.nn.Module, input_names: tuple[str, ...]) -> Peer:

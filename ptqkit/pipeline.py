@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import artifacts, peers, report, runtime
+from . import artifacts, peers, report, roofline, runtime
 from .backends import get_backend, installed_engines
 from .backends.base import ONNX, Engine, KernelEvidence, ModelForms, Runner
 from .backends.pytorch import TorchRunner
@@ -22,6 +22,7 @@ from .layer_error import format_table, layer_errors
 from .export import export_onnx, export_torchscript
 from .models import load_model
 from .peers import Peer
+from .profile import OpTimes, format_profile, profile_cell
 from .qmodel import LogitsOnly
 from .qat import QATConfig, train_qat
 from .smoothquant import collect_input_absmax, smooth, smooth_runtime
@@ -90,6 +91,7 @@ class Variant:
     measured: kernels counted and latency timed (False for the fake-quant reference, whose fp32 math says
     nothing about speed). pad_to: evaluate on batches padded to this length (engines with fixed shapes).
     host_check: the int8 variant whose labels go into host_check.json beside the fake-quant logits.
+    op_times: the engine's profiler on this variant (profile.OpTimes), where the engine has one.
     """
 
     record: dict
@@ -99,6 +101,7 @@ class Variant:
     measured: bool = True
     pad_to: int | None = None
     host_check: bool = False
+    op_times: OpTimes | None = None
 
     @property
     def name(self) -> str:
@@ -118,7 +121,8 @@ def engine_variants(engine: Engine, forms: ModelForms, precisions: tuple[str, ..
         form = forms.get(engine.takes, model)
         return Variant({"name": f"{engine.name}-{precision}", "engine": engine.name, "precision": precision, **record},
                        lambda t: engine.compile(form, t, precision), pad_to=pad_to,
-                       compare=("fp32",) if model == "fp32" else ("fp32", "fakequant"))
+                       compare=("fp32",) if model == "fp32" else ("fp32", "fakequant"),
+                       op_times=(lambda t, x, n, b: engine.op_times(form, t, precision, x, n, b)) if engine.profiled else None)
 
     out = [variant("fp32", "fp32")]
     for i, precision in enumerate(precisions):
@@ -168,11 +172,14 @@ def run(cfg: RunConfig) -> dict:
     evaluate_variants(variants, ld, cfg, built, threads, out_dir)
 
     timed = [v for v in variants if v.build is not None and v.measured]
-    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench, built)
+    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench, built,
+                              {v.name: v.op_times for v in timed if v.op_times})
     for v in timed:
-        v.record["latency_ms"] = latency[v.name]
+        v.record.update(latency[v.name])
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
                        [v.record for v in variants], cfg.bench)
+    if cfg.bench.profile_calls and engine.profiled:
+        rep["limits"] = [measure_limit(engine, paths["int8_onnx"], rep["variants"], ld.model.config, cfg.bench.threads)]
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
                            "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
@@ -304,7 +311,8 @@ def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -
         except Exception as e:  # noqa: BLE001 - a peer never takes the run down
             found.append(Variant(mark_failed({"name": name, "peer": True}, e), None))
             continue
-        found.append(Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build))
+        found.append(Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build,
+                             op_times=p.op_times))
     return found
 
 
@@ -392,20 +400,58 @@ def export_int8(model, q: Quantizer, input_names: tuple[str, ...], path: Path) -
     return export_onnx(q.convert(model), input_names, _export_example(model, input_names), path)
 
 
-def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict | None = None) -> dict[str, list[dict]]:
-    """Per shape and thread count, build every variant's runner and time them interleaved.
+def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict | None = None,
+                    profilers: dict[str, OpTimes] | None = None) -> dict[str, dict[str, list[dict]]]:
+    """Per shape and thread count, build every variant's runner and time them interleaved; then, for the variants
+    in `profilers`, the engine's profiler split (bench.profile_calls calls; none when 0).
 
-    `built`: runners already compiled for the first thread count (by evaluation), reused instead of recompiled."""
+    `built`: runners already compiled for the first thread count (by evaluation), reused instead of recompiled.
+    Returns name -> {"latency_ms": [...], "profile": [...]} (profile only for profiled variants). A profiler that
+    fails leaves its one-line reason in "profile_error" and never takes the run down."""
     vocab = ld.model.config.vocab_size
-    out: dict[str, list[dict]] = {name: [] for name in builders}
+    profilers = profilers if bench.profile_calls else {}
+    out: dict[str, dict[str, list]] = {name: {"latency_ms": []} | ({"profile": []} if name in profilers else {})
+                                       for name in builders}
     for threads in bench.threads:
         reuse = built if built is not None and threads == bench.threads[0] else {}
         runners = {name: reuse.get(name) or build(threads) for name, build in builders.items()}
         for shape in bench.shapes:
             inputs = synthetic_inputs(shape, vocab, ld.input_names)
             for name, samples in time_interleaved(runners, inputs, bench).items():
-                out[name].append(summarize(samples, shape, threads))
+                out[name]["latency_ms"].append(summarize(samples, shape, threads))
+            for name, op_times in profilers.items():
+                if "profile_error" in out[name]:
+                    continue
+                try:
+                    cell = profile_cell(op_times, runners[name], inputs, shape, threads, bench.profile_calls)
+                except Exception as e:  # noqa: BLE001 - a profiler never takes the run down
+                    out[name]["profile_error"] = one_line(e)
+                    continue
+                out[name]["profile"].append(cell)
+                print(format_profile(name, cell))
     return out
+
+
+def measure_limit(engine: Engine, int8_onnx: Path, records: list[dict], config, threads: tuple[int, ...]) -> dict:
+    """The engine's int8 GEMM peak per thread count, and each profiled int8 variant on that engine as a share of
+    it (roofline.limit_row). A failed micro-benchmark is reported with its reason, never raised."""
+    if roofline.gemm_macs(config, 1, 2) is None:
+        return {"engine": engine.name, "status": "failed",
+                "error": f"no GEMM MAC formula for model type {getattr(config, 'model_type', '?')}"}
+    try:
+        act = roofline.activation_dtype(int8_onnx)
+        peaks = {t: roofline.int8_peak(engine, t, act) for t in threads}
+    except Exception as e:  # noqa: BLE001 - the limit is evidence, not the product
+        return {"engine": engine.name, "status": "failed", "error": one_line(e)}
+    rows = [{"name": r["name"], "batch": c["batch"], "seq_len": c["seq_len"], "threads": c["threads"],
+             **roofline.limit_row(roofline.gemm_macs(config, c["batch"], c["seq_len"]), c,
+                                  peaks[c["threads"]]["peak_gmac_s"])}
+            for r in records if r.get("engine") == engine.name and r.get("precision", "").startswith("int8")
+            for c in r.get("profile", []) if c["threads"] in peaks]
+    for row in rows:
+        print(f"{row['name']} {row['batch']}x{row['seq_len']}/{row['threads']}t: GEMMs {row['gemm_gmac_s']} GMAC/s = "
+              f"{row['gemm_share_of_peak']:.0%} of the measured int8 peak {peaks[row['threads']]['peak_gmac_s']} GMAC/s")
+    return {"engine": engine.name, "activations": act, "peaks": list(peaks.values()), "rows": rows}
 
 
 def config_from_args(args) -> RunConfig:
@@ -416,7 +462,7 @@ def config_from_args(args) -> RunConfig:
     given = vars(args)
     default = RunConfig()
     try:
-        bench = bench_config(given.get("shapes"), given.get("threads"), given.get("rounds"))
+        bench = bench_config(given.get("shapes"), given.get("threads"), given.get("rounds"), given.get("profile_calls"))
     except ValueError as e:
         raise UserError(str(e)) from None
     names = {f.name for f in fields(RunConfig)} - {"bench", "text_columns", "isa"}
@@ -490,13 +536,22 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
         if not path.is_file():
             raise UserError(f"{path} not found: run export.py (or bert_ptq.py) with --output-dir {out_dir} first")
     ld = load(replace(cfg, eval_limit=1))
+    records = {"pytorch-fp32": {"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"}}
     builders = {"pytorch-fp32": lambda t: TorchRunner(ld.model, ld.input_names, t)}
+    profilers: dict[str, OpTimes] = {}
     for engine in engines:
         for precision, path in paths.items():
-            builders[f"{engine.name}-{precision}"] = lambda t, e=engine, p=path, pr=precision: e.compile(p, t, pr)
-    latency = measure_latency(builders, ld, cfg.bench)
-    rows = [{"name": n, "latency_ms": lat} for n, lat in latency.items()]
-    rep = report.build(cfg.device, ld.model_name, ld.task.name, 0, rows, cfg.bench)
+            name = f"{engine.name}-{precision}"
+            records[name] = {"name": name, "engine": engine.name, "precision": precision}
+            builders[name] = lambda t, e=engine, p=path, pr=precision: e.compile(p, t, pr)
+            if engine.profiled:
+                profilers[name] = lambda t, x, n, b, e=engine, p=path, pr=precision: e.op_times(p, t, pr, x, n, b)
+    for name, measured in measure_latency(builders, ld, cfg.bench, profilers=profilers).items():
+        records[name].update(measured)
+    rep = report.build(cfg.device, ld.model_name, ld.task.name, 0, list(records.values()), cfg.bench)
+    if cfg.bench.profile_calls:
+        rep["limits"] = [measure_limit(e, paths["int8"], rep["variants"], ld.model.config, cfg.bench.threads)
+                         for e in engines if e.profiled]
     artifacts.write_json(out_dir / "bench.json", rep)
     print(report.summary(rep))
     return rep

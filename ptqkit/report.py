@@ -133,6 +133,7 @@ def markdown(rep: dict) -> str:
                 lines.append(f"| {_label(v)} | " + " | ".join(
                     f"{row[c]['throughput_seq_s']:.1f}" if c in row else "" for c in batched) + " |")
             lines.append("")
+    lines += _profile_lines(rep) + _limit_lines(rep)
     with_kernels = [v for v in rep["variants"] if "int8_kernels" in v]
     if with_kernels:
         lines += ["## Kernel evidence (from each engine's own runtime graph)", "",
@@ -147,6 +148,52 @@ def markdown(rep: dict) -> str:
         lines += [f"| {_label(v)} | {v['error'].replace('|', '/')} |" for v in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _profile_lines(rep: dict) -> list[str]:
+    """Engine time from its own profiler beside the end-to-end median, split by op kind."""
+    profiled = [v for v in rep["variants"] if v.get("profile") or v.get("profile_error")]
+    if not profiled:
+        return []
+    lines = ["## Engine time (the engine's own profiler, median ms of a profiling copy; end-to-end: the timed runner)",
+             "", "| variant | cell | end-to-end (latency table) | engine | GEMM | attention | norm/act | other | "
+             "outside the engine |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in profiled:
+        if v.get("profile_error"):
+            error = v["profile_error"].replace("|", "/")
+            lines.append(f"| {_label(v)} | profiler failed: {error} | | | | | | | |")
+        medians = {(r["batch"], r["seq_len"], r["threads"]): r["median"] for r in v.get("latency_ms", [])}
+        for c in v.get("profile", []):
+            table = medians.get((c["batch"], c["seq_len"], c["threads"]))
+            end_to_end = f"{c['end_to_end']:.2f}" + (f" ({table:.2f})" if table is not None else "")
+            lines.append(f"| {_label(v)} | {c['batch']}x{c['seq_len']} {c['threads']}t | {end_to_end} | "
+                         f"**{c['engine']:.2f}** | {c['gemm']:.2f} | {c['attention']:.2f} | {c['norm_act']:.2f} | "
+                         f"{c['other']:.2f} | {c['outside']:.2f} |")
+    return lines + ["", "GEMM time is what the profiler books on the weight-GEMM nodes, including what the engine fused "
+                    "into them (bias, dequantization, activation, requantization); outside = end-to-end minus engine "
+                    "(Python, input/output binding, dispatch).", ""]
+
+
+def _limit_lines(rep: dict) -> list[str]:
+    """The model's GEMM rate as a share of the engine's measured int8 GEMM peak."""
+    lines = []
+    for lim in rep.get("limits", []):
+        if lim.get("status") == "failed":
+            lines += [f"## Limit ({lim['engine']}): int8 GEMM micro-benchmark failed: {lim['error']}", ""]
+            continue
+        peaks = "; ".join(f"{p['threads']}t {p['peak_gmac_s']} GMAC/s" for p in lim["peaks"])
+        shapes = ", ".join(sorted({f"{c['m']}x{c['k']}x{c['n']}" for c in lim["peaks"][0]["shapes"]}))
+        lines += [f"## Limit: the model's GEMMs against {lim['engine']}'s measured int8 GEMM peak ({peaks})", "",
+                  f"Peak: the best of single {lim['activations']} x int8 QDQ GEMMs (MxKxN {shapes}; float and "
+                  "requantized outputs) timed by the engine's profiler on this CPU. GEMM MACs from the model's "
+                  "config.", "",
+                  "| variant | cell | GEMM GMAC | GEMM ms (profiler) | GEMM GMAC/s | share of peak | end-to-end ms | "
+                  "GEMM MACs / end-to-end, share of peak |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r['batch']}x{r['seq_len']} {r['threads']}t | {r['gemm_macs'] / 1e9:.2f} | "
+                  f"{r['gemm_ms']:.2f} | {r['gemm_gmac_s']:.1f} | **{r['gemm_share_of_peak']:.0%}** | "
+                  f"{r['end_to_end_ms']:.2f} | {r['end_to_end_share_of_peak']:.0%} |" for r in lim["rows"]]
+        lines.append("")
+    return lines
 
 
 def _cell(v: dict, key: str) -> str:

@@ -33,7 +33,8 @@ def test_shape_lists_and_thread_lists(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("argv, message", [(("--shapes", "1x"), "bad shape"), (("--shapes", "servers"), "bad shape"),
-                                           (("--threads", "0"), "thread counts must be >= 1")])
+                                           (("--threads", "0"), "thread counts must be >= 1"),
+                                           (("--profile-calls", "-1"), "bad --profile-calls")])
 def test_bad_timing_flags_are_one_line_errors(argv, message) -> None:
     with pytest.raises(UserError, match=message):
         _cfg(*argv)

@@ -46,3 +46,17 @@ def test_int8_runs_int8_kernels_and_agrees(report: dict) -> None:
     fp32 = report["variants"][0]["metrics"]["accuracy"]
     assert int8["metrics"]["accuracy"] >= fp32 - 0.01
     assert int8["agreement_with_fp32"] >= 0.985  # the fidelity bar; measured 0.993 (affine, runtime-smoothed)
+
+
+def test_engine_profile_and_limit(report: dict) -> None:
+    """The chosen int8's profiler split is coherent on the real model: the 38 int8 GEMMs take the largest share,
+    and its GEMM MACs (from the config) over the GEMM time land near the measured peak. Loose bounds: a shared
+    machine moves timings, a wrong MAC count or op-kind mapping moves them by multiples."""
+    chosen = next(v for v in report["variants"] if v["name"] == report["backend_selection"]["chosen"])
+    (cell,) = chosen["profile"]
+    assert cell["gemm"] == max(cell[k] for k in ("gemm", "attention", "norm_act", "other")), cell
+    assert 0.5 < cell["engine"] / cell["end_to_end"] < 1.5, cell
+    (limit,) = report["limits"]
+    row = next(r for r in limit["rows"] if r["name"] == chosen["name"])
+    assert row["gemm_macs"] == 1_359_102_720  # MiniLM-L6 at 1x128: 6 x 128 x (4 x 384^2 + 2 x 384 x 1536) + head
+    assert 0.2 < row["gemm_share_of_peak"] < 1.5, row

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
 Inputs = dict[str, np.ndarray]
 ONNX, MODULE = "onnx", "module"  # the forms of our model an engine can take
+# What an engine's profiler time is split into (Engine.op_times): the weight GEMMs (with whatever the engine fused
+# into them), attention (Q.K^T, softmax, P.V), normalisation/activation/elementwise, everything else.
+OP_KINDS = ("gemm", "attention", "norm_act", "other")
 
 
 @dataclass
@@ -67,5 +70,16 @@ class Engine:
     fixed_shapes: bool = False  # compiles one graph per input shape: evaluation pads batches to one length
     auto: bool = False  # a candidate of --backend auto (it must compile in seconds)
 
+    profiled: bool = False  # implements op_times (its own profiler)
+
     def compile(self, model: Any, threads: int, precision: str = "fp32") -> Runner:
+        raise NotImplementedError
+
+    def op_times(self, model: Any, threads: int, precision: str, inputs: Inputs, calls: int,
+                 between: Callable[[], None] | None = None) -> list[dict[str, float]]:
+        """Per call (after a warm-up call), the milliseconds the engine's own profiler counted, by OP_KINDS.
+
+        Compiles its own copy of the model with profiling on (profiling slows calls: never the timed runner).
+        `between` runs after each profiled call (profile.profile_cell times the real runner there, so that both
+        see the same machine)."""
         raise NotImplementedError

@@ -5,23 +5,31 @@ import os
 from collections import Counter
 from types import MappingProxyType
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from .base import Engine, Inputs, KernelEvidence
+from .base import OP_KINDS, Engine, Inputs, KernelEvidence
 
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "ScaledDotProductAttention", "GEMM")
 
 
 class OpenVINORunner:
+    """One infer request, always called zero-copy: the request reads the caller's arrays and its output tensor
+    is read in place. One mode for every call: a request once fed shared arrays kept their capacity and then
+    refused a plain (copying) call at a larger shape."""
+
     def __init__(self, compiled, input_names: tuple[str, ...]):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.input_names = input_names
 
     def __call__(self, inputs: Inputs) -> np.ndarray:
-        self.request.infer({n: inputs[n] for n in self.input_names})
-        return self.request.get_output_tensor(0).data.copy()
+        feed = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}  # no copy when already contiguous
+        out = self.request.infer(feed, share_inputs=True, share_outputs=True)
+        # the shared output is the request's buffer, overwritten by the next call; callers keep logits (a few
+        # floats per row), so they get their own copy
+        return out[0].copy()
 
     def kernels(self) -> KernelEvidence:
         """Layer precisions from the compiled model's runtime graph (what the CPU plugin really executes)."""
@@ -62,6 +70,7 @@ class OpenVINOBackend(Engine):
     int8_variants = ("int8", "int8-bf16")
     variant_notes = MappingProxyType({"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"})
     auto = True
+    profiled = True
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> OpenVINORunner:
         """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads.
@@ -69,14 +78,57 @@ class OpenVINOBackend(Engine):
         Threads are pinned only when they cover every core this process may use. The plugin pins to the first
         cores of the process's mask, so processes that each take a share of a machine (Ray actors and trials with
         one CPU each) would all land on core 0 and share it (openvinotoolkit/openvino#32444)."""
-        import openvino as ov
+        compiled, inputs = _compile(model_path, threads, precision)
+        return OpenVINORunner(compiled, inputs)
 
-        core = ov.Core()
-        model = core.read_model(str(model_path))
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                  "ENABLE_CPU_PINNING": threads >= _usable_cores()}
-        hint = PRECISION_HINTS[precision]
-        if hint:
-            config["INFERENCE_PRECISION_HINT"] = hint
-        compiled = core.compile_model(model, "CPU", config)
-        return OpenVINORunner(compiled, tuple(i.get_any_name() for i in model.inputs))
+    def op_times(self, model_path: str | Path, threads: int, precision: str, inputs: Inputs, calls: int,
+                 between: Callable[[], None] | None = None) -> list[dict[str, float]]:
+        """From the CPU plugin's performance counters (PERF_COUNT) of a request of its own, per call.
+
+        Weight matmuls run as FullyConnected nodes (bias, activation and requantization fused in); the plugin fuses
+        Q.K^T, softmax and P.V into one Subgraph node, so a node whose original layers hold a Softmax is attention."""
+        compiled, names = _compile(model_path, threads, precision, {"PERF_COUNT": True})
+        attention = {op.get_friendly_name() for op in compiled.get_runtime_model().get_ordered_ops()
+                     if "Softmax" in _rt(op, "originalLayersNames")}
+        request = compiled.create_infer_request()
+        feed = {n: np.ascontiguousarray(inputs[n]) for n in names}
+        out = []
+        for i in range(calls + 1):
+            request.infer(feed, share_inputs=True, share_outputs=True)
+            if i == 0:  # warm-up
+                continue
+            kinds = dict.fromkeys(OP_KINDS, 0.0)
+            for info in request.profiling_info:
+                if info.status == info.Status.EXECUTED:
+                    kind = "attention" if info.node_name in attention else OP_KIND.get(info.node_type, "other")
+                    kinds[kind] += info.real_time.total_seconds() * 1e3
+            out.append(kinds)
+            if between:
+                between()
+        return out
+
+
+# Runtime layer type -> op kind (others: "other", e.g. Gather, Transpose, Reshape, FakeQuantize, Convert)
+OP_KIND = {"FullyConnected": "gemm", "Convolution": "gemm", "GEMM": "gemm", "MatMul": "attention",
+           "Softmax": "attention", "ScaledDotProductAttention": "attention", "MVN": "norm_act", "RMS": "norm_act",
+           "Eltwise": "norm_act", "Subgraph": "norm_act", "Add": "norm_act", "Multiply": "norm_act",
+           "MulAdd": "norm_act", "Gelu": "norm_act"}
+
+
+def _rt(op, key: str) -> str:
+    info = op.get_rt_info()
+    return info[key].astype(str) if key in info else ""
+
+
+def _compile(model_path: str | Path, threads: int, precision: str, extra: dict | None = None):
+    """The compiled model (see OpenVINOBackend.compile) and its input names."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(model_path))
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+              "ENABLE_CPU_PINNING": threads >= _usable_cores(), **(extra or {})}
+    hint = PRECISION_HINTS[precision]
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    return core.compile_model(model, "CPU", config), tuple(i.get_any_name() for i in model.inputs)

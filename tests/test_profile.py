@@ -1,0 +1,125 @@
+"""Zero-copy runners, the engines' profilers split by op kind, and the int8 GEMM limit, on tiny-BERT artefacts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ptqkit import roofline
+from ptqkit.backends import get_backend
+from ptqkit.backends.base import OP_KINDS
+from ptqkit.bench import Shape, synthetic_inputs
+from ptqkit.export import export_onnx
+from ptqkit.profile import profile_cell
+from ptqkit.quantizer import Quantizer, run_calibration
+from tiny import NAMES, make_batch, tiny_bert
+
+ENGINES = ("openvino", "onnxruntime")
+# growing and shrinking batch and length: a runner must follow shape changes between calls
+SHAPES = ((1, 16), (4, 40), (2, 8), (1, 64), (3, 16), (1, 16))
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory) -> dict[str, tuple]:
+    out = tmp_path_factory.mktemp("profile")
+    model = tiny_bert()
+    example = make_batch(1, 16, seed=5)
+    files = {"fp32": export_onnx(model, NAMES, example, out / "fp32.onnx")}
+    for device in ("x86", "aarch64"):
+        q = Quantizer(device)
+        run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(2)])
+        q.quantize()
+        files[device] = export_onnx(q.convert(model), NAMES, example, out / f"int8-{device}.onnx")
+    return files
+
+
+def _plain(engine: str, path, precision: str):
+    """The engine's plain call: OpenVINO infer copying inputs and outputs; ORT session.run (the runner itself)."""
+    runner = get_backend(engine).compile(path, 1, precision)
+    if engine == "openvino":
+        def call(inputs):
+            runner.request.infer({n: inputs[n] for n in runner.input_names})
+            return runner.request.get_output_tensor(0).data.copy()
+        return call
+    return lambda inputs: runner.session.run(None, {n: inputs[n] for n in runner.input_names})[0]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("model", ["fp32", "x86"])
+def test_zero_copy_runner_equals_plain_call_across_shapes(engine, model, onnx_files):
+    precision = "fp32" if model == "fp32" else "int8"
+    runner = get_backend(engine).compile(onnx_files[model], 1, precision)
+    plain = _plain(engine, onnx_files[model], precision)
+    kept = []
+    for i, (b, s) in enumerate(SHAPES):
+        inputs = {k: v.numpy() for k, v in make_batch(b, s, seed=i).items()}
+        out = runner(inputs)
+        np.testing.assert_array_equal(out, plain(inputs))
+        kept.append((out, out.copy()))
+    # what a caller kept is its own: later calls (same shapes included) did not overwrite it
+    for out, snapshot in kept:
+        np.testing.assert_array_equal(out, snapshot)
+
+
+def test_openvino_runner_reads_non_contiguous_inputs(onnx_files):
+    runner = get_backend("openvino").compile(onnx_files["x86"], 1, "int8")
+    inputs = {k: v.numpy() for k, v in make_batch(4, 16, seed=3).items()}
+    strided = {k: np.asfortranarray(v) for k, v in inputs.items()}
+    np.testing.assert_array_equal(runner(strided), runner(inputs))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("model", ["fp32", "x86"])
+def test_op_times_split_by_kind(engine, model, onnx_files):
+    precision = "fp32" if model == "fp32" else "int8"
+    backend = get_backend(engine)
+    inputs = synthetic_inputs(Shape(2, 32), 100, NAMES)
+    between = []
+    calls = backend.op_times(onnx_files[model], 1, precision, inputs, 3, lambda: between.append(1))
+    assert len(calls) == 3 and len(between) == 3  # the timed runner gets one call after each profiled one
+    for c in calls:
+        assert set(c) == set(OP_KINDS)
+        assert c["gemm"] > 0 and c["attention"] > 0 and c["norm_act"] > 0, c
+    runner = backend.compile(onnx_files[model], 1, precision)
+    cell = profile_cell(lambda t, x, n, b: backend.op_times(onnx_files[model], t, precision, x, n, b), runner, inputs,
+                        Shape(2, 32), 1, 3)
+    assert all(0 < cell[k] <= cell["engine"] for k in ("gemm", "attention", "norm_act"))  # medians of parts <= whole
+    assert cell["outside"] >= 0 and cell["end_to_end"] > 0
+    assert (cell["batch"], cell["seq_len"], cell["threads"], cell["calls"]) == (2, 32, 1, 3)
+
+
+def test_gemm_macs_from_config():
+    from transformers import BertConfig
+
+    cfg = BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_labels=2)
+    macs = roofline.gemm_macs(cfg, 1, 128)
+    # per layer and token: Q, K, V, output 4 x 384 x 384, FFN 2 x 384 x 1536; pooler 384 x 384, classifier 384 x 2
+    assert macs["gemm"] == 6 * 128 * (4 * 384 * 384 + 2 * 384 * 1536) + 384 * 384 + 384 * 2 == 1_359_102_720
+    assert macs["attention"] == 6 * 2 * 128 * 128 * 384
+    head = 384 * 384 + 384 * 2  # once per sequence, not per token
+    assert roofline.gemm_macs(cfg, 2, 256)["gemm"] - 2 * head == 4 * (macs["gemm"] - head)
+
+
+def test_gemm_macs_of_other_model_types():
+    from transformers import AlbertConfig, DistilBertConfig, MobileBertConfig
+
+    distil = roofline.gemm_macs(DistilBertConfig(dim=32, n_layers=2, hidden_dim=64, num_labels=2), 1, 8)
+    assert distil["gemm"] == 2 * 8 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32 + 32 * 2
+    albert = roofline.gemm_macs(AlbertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                             embedding_size=16, num_labels=2), 1, 8)
+    assert albert["gemm"] == distil["gemm"] + 8 * 16 * 32  # plus the embedding projection
+    assert roofline.gemm_macs(MobileBertConfig(), 1, 8) is None  # bottlenecks: not this formula
+
+
+def test_activation_dtype_follows_the_contract(onnx_files):
+    assert roofline.activation_dtype(onnx_files["x86"]) == "uint8"  # affine uint8 activations on x86
+    assert roofline.activation_dtype(onnx_files["aarch64"]) == "int8"  # symmetric int8 on aarch64
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_int8_peak_runs_int8_kernels(engine, monkeypatch):
+    monkeypatch.setattr(roofline, "PEAK_SHAPES", ((64, 128, 128), (128, 128, 256)))
+    peak = roofline.int8_peak(get_backend(engine), 1, "uint8")
+    assert [c["int8_kernels"] for c in peak["shapes"]] == [1, 1, 1, 1]  # 2 shapes x float/requantized output
+    assert peak["peak_gmac_s"] == max(c["gmac_s"] for c in peak["shapes"]) > 0
+    row = roofline.limit_row({"gemm": 10**9, "attention": 0}, {"gemm": 10.0, "end_to_end": 20.0}, 200.0)
+    assert (row["gemm_gmac_s"], row["gemm_share_of_peak"], row["end_to_end_share_of_peak"]) == (100.0, 0.5, 0.25)
