@@ -90,7 +90,31 @@ def table(rep: dict) -> str:
         name = f"**{v['name']}**" if kind == " (ours)" else v["name"]
         lines.append(f"| {name}{kind} | {'' if acc is None else f'{acc:.3f}'} | {v.get('agreement_with_fp32', 1.0 if v['name'] == 'pytorch-fp32' and acc is not None else ''):} "
                      f"| {v.get('int8_kernels', '')} | " + " | ".join(lat) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + time_split(rep)) + "\n"
+
+
+def time_split(rep: dict) -> list[str]:
+    """Where one thread's time goes for our chosen int8 and the int8 peers: the engine's profiler split by op kind,
+    and the GEMMs' rate as a share of the engine's measured int8 GEMM peak (report.json `profile`, `limits`)."""
+    share = {(r["name"], r["batch"], r["seq_len"], r["threads"]): r for lim in rep.get("limits", []) for r in lim.get("rows", [])}
+    peaks = {(lim["engine"], p["threads"]): p["peak_gmac_s"] for lim in rep.get("limits", []) for p in lim.get("peaks", [])}
+    chosen = (rep.get("backend_selection") or {}).get("chosen")
+    shown = [v for v in rep["variants"] if v.get("profile") and (v["name"] == chosen or (v.get("peer") and "int8" in v["precision"]))]
+    if not shown:
+        return []
+    lines = ["", "Where one thread's time goes (engine profiler, median ms; GEMM share = model GEMM MACs / profiled GEMM "
+             "time / the engine's measured int8 GEMM peak):", "",
+             "| variant | cell | end-to-end | engine | GEMM | attention | norm/act | other | outside | GEMM share of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in shown:
+        for c in (c for c in v["profile"] if c["threads"] == 1):
+            row = share.get((v["name"], c["batch"], c["seq_len"], c["threads"]))
+            peak = peaks.get((v.get("engine"), c["threads"]))
+            cell = f"{row['gemm_share_of_peak']:.0%} of {peak} GMAC/s" if row and peak else ""
+            lines.append(f"| {v['name']} | {c['batch']}x{c['seq_len']} | {c['end_to_end']:.2f} | {c['engine']:.2f} | "
+                         f"{c['gemm']:.2f} | {c['attention']:.2f} | {c['norm_act']:.2f} | {c['other']:.2f} | "
+                         f"{c['outside']:.2f} | {cell} |")
+    return lines
 
 
 def _order(rep: dict) -> tuple[int, int]:
