@@ -9,6 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from .backends.base import Inputs, Runner
+from .sysinfo import usable_cores
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,6 @@ def bench_config(shapes: str | None, threads: str | None, rounds: int | None = N
         return replace(base, shapes=SERVER_SHAPES, threads=parse_threads(threads) if threads else tuple(sorted({1, cores})),
                        time_budget_s=SERVER_CELL_BUDGET_S)
     return replace(base, threads=parse_threads(threads), **({"shapes": parse_shapes(shapes)} if shapes else {}))
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. a container's or a Ray actor's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_threads(text: str | None) -> tuple[int, ...]:

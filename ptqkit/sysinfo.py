@@ -30,6 +30,11 @@ ONEDNN_ISA_CAPS = {
 }
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's or a Ray actor's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _cpuinfo() -> tuple[str, set[str]]:
     model, flags = platform.processor() or platform.machine(), set()
     try:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from ptqkit.bench import SERVER_SHAPES, BenchConfig, Shape, bench_config, usable_cores
+from ptqkit.bench import SERVER_SHAPES, BenchConfig, Shape, bench_config
+from ptqkit.sysinfo import usable_cores
 from ptqkit.cli import add_bench_flags, parser
 from ptqkit.errors import UserError
 from ptqkit.pipeline import config_from_args

@@ -1,7 +1,6 @@
 """OpenVINO: compiles QDQ ONNX into int8 kernels (oneDNN/brgemm on x86, ACL on aarch64)."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 from types import MappingProxyType
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..sysinfo import usable_cores
 from .base import OP_KINDS, Engine, Inputs, KernelEvidence
 
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "ScaledDotProductAttention", "GEMM")
@@ -58,10 +58,6 @@ class OpenVINORunner:
 # `python bert_ptq.py --backend openvino`: agreement_with_fakequant and latency_ms per variant in report.json).
 # bf16 is the fp32 model with the bf16 hint, a peer users would pick instead of int8.
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "int8-bf16": None, "bf16": "bf16"}
-
-
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class OpenVINOBackend(Engine):
@@ -127,7 +123,7 @@ def _compile(model_path: str | Path, threads: int, precision: str, extra: dict |
     core = ov.Core()
     model = core.read_model(str(model_path))
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-              "ENABLE_CPU_PINNING": threads >= _usable_cores(), **(extra or {})}
+              "ENABLE_CPU_PINNING": threads >= usable_cores(), **(extra or {})}
     hint = PRECISION_HINTS[precision]
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
