@@ -54,6 +54,13 @@ class QuantSpec:
         return (-128, 127) if self.dtype == "int8" else (0, 255)
 
 
+# The attention matmul operands (QuantConfig.attention_matmuls) on every device: q, K^T and V symmetric int8, the
+# softmax output P an unsigned grid starting at 0 (it lies in [0, 1], so zero point 0 keeps all 256 levels), both
+# with min/max ranges. Symmetric int8 x int8 and u8 x int8 are the forms OpenVINO's int8 attention subgraph runs.
+ATTENTION_OPERAND_SPEC = QuantSpec(method="minmax")
+ATTENTION_PROBS_SPEC = QuantSpec(dtype="uint8", symmetric=False, method="minmax")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """What to quantize and how; `for_device` gives the reference contract for a target CPU."""
@@ -62,7 +69,7 @@ class QuantConfig:
     activation: QuantSpec = field(default_factory=QuantSpec)
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(ch_axis=0))
     exclude: tuple[str, ...] = ()  # fnmatch patterns on quantization-point names, e.g. "*.pooler.*"
-    attention_matmuls: bool = False  # also quantize Q*K^T and P*V
+    attention_matmuls: bool = False  # also quantize Q*K^T and P*V (operand grids: ATTENTION_OPERAND_SPEC, ..._PROBS_SPEC)
     isa: str | None = None  # the int8 instruction set the contract was made for (sysinfo.classify_int8_isa)
     # runtime SmoothQuant strength on every linear input; pipeline.calibrate applies it (library users call
     # smoothquant.smooth_runtime between Quantizer.calib and the calibration batches)
