@@ -9,6 +9,7 @@ from .calibration import METHODS
 from .sysinfo import ARM_INT8_ISAS, SATURATING_ISAS, X86_INT8_ISAS, host_int8_isa
 
 DEVICES = ("x86", "aarch64")
+INT8_ATTENTION = ("auto", "on", "off")  # RunConfig.int8_attention / --int8-attention
 ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
 CALIB_METHODS = tuple(METHODS)  # the registry in calibration.py
 
@@ -164,6 +165,9 @@ class RunConfig:
     max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
     fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
     qat_epochs: float = 0.0
+    # int8 attention matmuls (QuantConfig.attention_matmuls): on, off, or auto = the chosen engine's preference
+    # (Engine.int8_attention) on x86, off on aarch64 (pipeline.int8_attention)
+    int8_attention: str = "auto"
     smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
     layer_report: bool = False  # calib.py: print and save per-layer output error against fp32
     allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing
