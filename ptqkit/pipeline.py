@@ -25,6 +25,7 @@ from .peers import Peer
 from .qmodel import LogitsOnly
 from .qat import QATConfig, train_qat
 from .smoothquant import collect_input_absmax, smooth, smooth_runtime
+from .sysinfo import SATURATING_ISAS, host_int8_isa
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, least_confident, select_engine
 
@@ -349,13 +350,14 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
 
 def int8_attention(cfg: RunConfig) -> bool:
     """Whether to quantize the attention matmuls: --int8-attention on/off, else (auto) the forced engine's
-    preference (Engine.int8_attention), AUTO_INT8_ATTENTION under --backend auto; off on aarch64, whose contract
-    was checked on ARM without it."""
+    preference (Engine.int8_attention), AUTO_INT8_ATTENTION under --backend auto. Auto is off on aarch64 (its
+    contract was checked on ARM without it) and on x86 without VNNI (measured only on a VNNI CPU; there the
+    engines' int8 kernels saturate or are slower than fp32, see "int8 on every CPU" in README)."""
     if cfg.int8_attention not in INT8_ATTENTION:
         raise UserError(f"--int8-attention must be one of {', '.join(INT8_ATTENTION)}, not {cfg.int8_attention!r}")
     if cfg.int8_attention != "auto":
         return cfg.int8_attention == "on"
-    if cfg.device != "x86":
+    if cfg.device != "x86" or (cfg.isa or host_int8_isa()) in SATURATING_ISAS:
         return False
     return AUTO_INT8_ATTENTION if cfg.backend == "auto" else get_backend(cfg.backend).int8_attention
 

@@ -148,5 +148,22 @@ def test_int8_attention_choice():
     for name in ("openvino", "onnxruntime", "inductor"):
         assert int8_attention(RunConfig(backend=name)) is get_backend(name).int8_attention
         assert not int8_attention(RunConfig(backend=name, device="aarch64"))
+        assert not int8_attention(RunConfig(backend=name, isa="avx2"))
     with pytest.raises(UserError, match="--int8-attention"):
         int8_attention(RunConfig(int8_attention="maybe"))
+
+
+@pytest.mark.slow  # one Inductor compile: ~20-40 s on 2 cores
+def test_inductor_compiles_attention_in_fp32(converted, q):
+    """Inductor takes the module: its linears become int8 GEMMs; the attention fake-quant runs as fp32 math around
+    fp32 batched matmuls (no int8 attention there, hence Engine.int8_attention False) and matches the graph."""
+    from ptqkit.backends.inductor import InductorBackend
+    from ptqkit.qmodel import LogitsOnly
+
+    runner = InductorBackend().compile(LogitsOnly(converted, NAMES), 1, "int8")
+    batch = make_batch(4, 12, seed=7)
+    out = runner({k: v.numpy() for k, v in batch.items()})
+    ref = logits(q.graph, batch).numpy()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
+    ev = runner.kernels()
+    assert ev.int8 == N_LINEARS and ev.fp32 == ev.details.get("aten.bmm.default", 0) == ATTENTION_MATMULS, ev.details
