@@ -30,8 +30,9 @@ from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, least_confident, select_engine
 
 LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
-# --int8-attention auto under --backend auto, where OpenVINO and ONNX Runtime compete on one exported file
-AUTO_INT8_ATTENTION = False
+# --int8-attention auto under --backend auto, where OpenVINO and ONNX Runtime compete on one exported file: on, as
+# OpenVINO prefers it and it costs ONNX Runtime nothing measurable at 1x128 (`python tools/attention_probe.py`)
+AUTO_INT8_ATTENTION = True
 
 
 @dataclass
@@ -335,6 +336,10 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
         steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
     q = Quantizer(device=cfg.device, config=config)
     calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
+    if config.attention_matmuls and cfg.int8_attention == "auto" and not q.attention_supported(ld.model):
+        steps["int8_attention"] = "off: the model's attention does not go through transformers' attention interface"
+        q = Quantizer(device=cfg.device, config=replace(config, attention_matmuls=False))
+        calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how
     if config.smooth_alpha is not None:  # the contract's runtime smoothing: statistics first, then the ranges
         absmax = collect_input_absmax(ld.model, data)

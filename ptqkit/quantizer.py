@@ -55,8 +55,7 @@ class Quantizer:
         try:
             captured = capture(copy.deepcopy(model), input_names)
         except CaptureError as e:
-            kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-            raise UserError(f"model type {kind!r} cannot be quantized: {e}") from None
+            raise UserError(f"model type {_model_type(model)!r} cannot be quantized: {e}") from None
         self.graph, self.captured_how = captured.module, captured.how
         self.points = find_quant_points(self.graph, self.config)
         if not self.points:
@@ -121,9 +120,15 @@ class Quantizer:
             setattr(parent, attr, QuantLinear(weight, linear.bias, _frozen_qparams(act), (act.spec.qmin, act.spec.qmax),
                                               w_qparams, w.spec.storage_range, w.spec.ch_axis is not None,
                                               act.channel_mul))
-        if attention:
-            _attach_attention(qmodel, attention)
+        if attention and not _attach_attention(qmodel, attention):
+            raise UserError(f"int8 attention is not supported for model type {_model_type(model)!r}: its attention "
+                            "does not go through transformers' attention interface; rerun with --int8-attention off")
         return qmodel.eval()
+
+    def attention_supported(self, model: torch.nn.Module) -> bool:
+        """Whether convert() can quantize this model's attention matmuls (checked on a copy without qparams)."""
+        modules = {p.name.rpartition(".")[0] for p in self.points if p.kind == "matmul"}
+        return _attach_attention(copy.deepcopy(model).eval(), {name: {} for name in modules})
 
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:
         """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
@@ -260,10 +265,10 @@ class Quantizer:
         return q
 
 
-def _attach_attention(qmodel: torch.nn.Module, attention: dict[str, dict]) -> None:
+def _attach_attention(qmodel: torch.nn.Module, attention: dict[str, dict]) -> bool:
     """Give each attention module its QuantAttention and switch the model to the int8 attention function; then
     check on one small batch that every one of them runs (a model whose attention does not go through
-    transformers' attention interface would otherwise silently keep fp32 attention)."""
+    transformers' attention interface would otherwise silently keep fp32 attention). Returns whether they all ran."""
     register_int8_attention()
     modules = {name: qmodel.get_submodule(name) for name in attention}
     for name, qparams in attention.items():
@@ -277,10 +282,11 @@ def _attach_attention(qmodel: torch.nn.Module, attention: dict[str, dict]) -> No
     finally:
         for h in hooks:
             h.remove()
-    if len(ran) != len(modules):
-        kind = getattr(qmodel.config, "model_type", type(qmodel).__name__)
-        raise UserError(f"int8 attention is not supported for model type {kind!r}: its attention does not go through "
-                        "transformers' attention interface; rerun with --int8-attention off")
+    return len(ran) == len(modules)
+
+
+def _model_type(model: torch.nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", type(model).__name__)
 
 
 def _frozen_qparams(obs: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

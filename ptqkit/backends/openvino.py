@@ -69,6 +69,7 @@ class OpenVINOBackend(Engine):
     int8_variants = ("int8", "int8-bf16")
     variant_notes = MappingProxyType({"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"})
     auto = True
+    int8_attention = True  # its fused attention subgraph runs int8 (`python tools/attention_probe.py`, README)
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> OpenVINORunner:
         """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads.
