@@ -40,7 +40,7 @@ def test_fp32_accuracy_bar(report: dict) -> None:
 
 def test_int8_runs_int8_kernels_and_agrees(report: dict) -> None:
     int8 = next(v for v in report["variants"] if v["name"] == report["backend_selection"]["chosen"])
-    # 38 linears; int8 attention (on by default on VNNI x86) adds 12 matmul points, run by OpenVINO as 6 int8
+    # 38 linears; int8 attention (--int8-attention) adds 12 matmul points, run by OpenVINO as 6 int8
     # attention subgraphs and by ONNX Runtime as 12 int8 matmuls
     attention = report["quantization"]["config"]["attention_matmuls"]
     assert report["quantization"]["points"] == 38 + (12 if attention else 0)

@@ -14,7 +14,7 @@ import pytest
 
 from ptqkit.bench import BenchConfig, Shape
 from ptqkit.data import calibration_batches
-from ptqkit.pipeline import RunConfig, auto_fallback, calibrate, load, run
+from ptqkit.pipeline import AUTO_INT8_ATTENTION, RunConfig, auto_fallback, calibrate, load, run
 from ptqkit.sysinfo import SATURATING_ISAS
 from tiny import ATTENTION_KERNELS, N_ATTENTION_POINTS, N_LINEARS
 
@@ -56,9 +56,9 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     sel = rep["backend_selection"]
     cands = {c["name"]: c for c in sel["candidates"]}
     assert set(cands) == {"openvino-int8", "openvino-int8-bf16", "onnxruntime-int8"}
-    # --int8-attention auto: on wherever the int8 ISA has VNNI (no 16-bit saturation)
+    # --int8-attention auto under --backend auto: AUTO_INT8_ATTENTION, and never without VNNI (16-bit saturation)
     attention = rep["quantization"]["config"]["attention_matmuls"]
-    assert attention == (rep["cpu"]["int8_isa"] not in SATURATING_ISAS)
+    assert attention == (AUTO_INT8_ATTENTION and rep["cpu"]["int8_isa"] not in SATURATING_ISAS)
     extra = ATTENTION_KERNELS if attention else dict.fromkeys(ATTENTION_KERNELS, 0)
     assert all(c["int8_kernels"] == N_LINEARS + extra[c["engine"]] for c in cands.values()), cands
     eligible = [c for c in cands.values() if c["eligible"]]
@@ -98,13 +98,15 @@ def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> No
     common = ["--model", user_cfg.model, "--train-file", user_cfg.train_file, "--validation-file", user_cfg.validation_file,
               "--output-dir", str(tmp_path), "--batch-size", "8", "--max-seq-len", "32"]
     env = {**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    steps = [["calib.py", "--calib-batches", "2", "--layer-report"], ["export.py"], ["bench.py", "--shapes", "1x16", "--rounds", "2",
-                                                                   "--backends", "openvino,onnxruntime"]]
+    steps = [["calib.py", "--calib-batches", "2", "--layer-report", "--int8-attention", "on"], ["export.py"],
+             ["bench.py", "--shapes", "1x16", "--rounds", "2", "--backends", "openvino,onnxruntime"]]
     for script, *extra in steps:
         res = subprocess.run([sys.executable, str(REPO / script), *common, *extra], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, f"{script}: {res.stderr[-2000:]}"
     assert (tmp_path / "calib_summary.json").is_file() and (tmp_path / "model_int8_qdq.onnx").is_file()
+    state = json.loads((tmp_path / "quant_state" / "quant_state.json").read_text())
+    assert state["config"]["attention_matmuls"] and len(state["points"]) == 14 + 4  # export.py converted them too
     layers = json.loads((tmp_path / "layer_report.json").read_text())["layers"]
     assert len(layers) == 14 and layers[0]["local_sqnr"] <= layers[-1]["local_sqnr"]
     bench = json.loads((tmp_path / "bench.json").read_text())

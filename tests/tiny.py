@@ -5,7 +5,7 @@ import torch
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 N_LINEARS = 14  # 2 layers x 6 linears + pooler + classifier
-# int8 kernels that int8 attention (on by default on VNNI x86) adds per engine to a 2-layer BERT: OpenVINO fuses each
+# int8 kernels that int8 attention adds per engine to a 2-layer BERT: OpenVINO fuses each
 # layer's attention into one int8 subgraph, ONNX Runtime runs its two matmuls as int8 ops
 ATTENTION_KERNELS = {"openvino": 2, "onnxruntime": 4}
 N_ATTENTION_POINTS = 4  # 2 layers x (Q.K^T, P.V)
