@@ -57,9 +57,9 @@ class QuantSpec:
 
 # The attention matmul operands (QuantConfig.attention_matmuls) on every device: q, K^T and V symmetric int8 with
 # percentile ranges, the softmax output P an unsigned grid (it lies in [0, 1]: zero point 0 keeps all 256 levels)
-# with its range by MSE. Measured on the default model (README "int8 attention"): min/max ranges lost 2-3 more
-# sentences of agreement with fp32 in 1,000. s8 x s8 and u8 x s8 are what OpenVINO's int8 attention subgraph and
-# ONNX Runtime's MatMulIntegerToFloat take.
+# with its range by MSE. On the default model these kept more agreement with fp32 than min/max ranges (README
+# "int8 attention" has the figures, from `python tools/attention_probe.py`). s8 x s8 and u8 x s8 are what
+# OpenVINO's int8 attention subgraph and ONNX Runtime's MatMulIntegerToFloat take.
 ATTENTION_OPERAND_SPEC = QuantSpec(method="percentile")
 ATTENTION_PROBS_SPEC = QuantSpec(dtype="uint8", symmetric=False, method="mse")
 

@@ -30,9 +30,9 @@ from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, least_confident, select_engine
 
 LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
-# --int8-attention auto under --backend auto, where OpenVINO and ONNX Runtime compete on one exported file: off. Both
-# engines' int8 attention agreed with the fake-quant model on only 0.987 of the selection sentences (the check asks
-# 0.99), so no candidate would pass it (README "int8 attention")
+# --int8-attention auto under --backend auto, where OpenVINO and ONNX Runtime compete on one exported file: off. With
+# int8 attention neither engine agreed with the fake-quant model on enough selection sentences to pass the check
+# (README "int8 attention" has the figures)
 AUTO_INT8_ATTENTION = False
 
 
