@@ -87,7 +87,6 @@ class QuantLinear(nn.Module):
 
 
 ATTENTION_IMPL = "ptqkit_int8"  # config._attn_implementation of a converted model with int8 attention
-ATTENTION_OPERANDS = ("query", "key", "probs", "value")  # Q*K^T reads query and key^T, P*V reads probs and value
 
 
 class QuantAttention(nn.Module):

@@ -30,7 +30,7 @@ STATE_VERSION = 2  # 2: observers carry channel_mul (runtime SmoothQuant)
 # observed once when the observers went in). QUANTIZED: frozen qparams, the graph fake-quantizes every point
 # except the fallback layers. TRAINING: QAT, LSQ quantizers with learnable scales in place of the observers.
 NEW, OBSERVING, QUANTIZED, TRAINING = "new", "observing", "quantized", "training"
-# The operands (qmodel.ATTENTION_OPERANDS) that each attention matmul point's roles ("input", "other") feed.
+# The QuantAttention operands that each attention matmul point's roles ("input", "other") feed.
 MATMUL_OPERANDS = {"qk": ("query", "key"), "pv": ("probs", "value")}
 
 
@@ -82,9 +82,8 @@ class Quantizer:
         weights, with every quantized linear a QuantLinear holding these frozen qparams (and its input's runtime
         SmoothQuant multiplier) and, with attention matmul points, every attention module carrying a QuantAttention
         (run by the registered int8 attention function). TorchScript and ONNX export and the module engines all
-        start from it. A fallback
-        linear whose input was smoothed (smoothquant.smooth_runtime) stays an nn.Linear with the scaling of its
-        weight columns undone."""
+        start from it. A fallback linear whose input was smoothed (smoothquant.smooth_runtime) stays an nn.Linear
+        with the scaling of its weight columns undone."""
         qmodel = copy.deepcopy(model).eval()
         obs = self.observers()
         params = dict(self._require_graph().named_parameters())
