@@ -169,3 +169,13 @@ def test_inductor_compiles_attention_in_fp32(converted, q):
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
     ev = runner.kernels()
     assert ev.int8 == N_LINEARS and ev.fp32 == ev.details.get("aten.bmm.default", 0) == ATTENTION_MATMULS, ev.details
+
+
+def test_inductor_qdq_form_computes_the_converted_model(converted):
+    """Inductor's traceable rewrite (QDQAttention beside QDQLinear) computes what the converted model computes."""
+    from ptqkit.backends.inductor import QDQAttention, to_qdq_module
+
+    qdq = to_qdq_module(converted)
+    assert sum(isinstance(m, QDQAttention) for m in qdq.modules()) == LAYERS
+    ref = logits(converted, EVAL).numpy()
+    np.testing.assert_allclose(logits(qdq, EVAL).numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
