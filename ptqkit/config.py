@@ -9,6 +9,7 @@ from .calibration import METHODS
 from .sysinfo import ARM_INT8_ISAS, SATURATING_ISAS, X86_INT8_ISAS, host_int8_isa
 
 DEVICES = ("x86", "aarch64")
+INT8_ATTENTION = ("auto", "on", "off")  # RunConfig.int8_attention / --int8-attention
 ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
 CALIB_METHODS = tuple(METHODS)  # the registry in calibration.py
 
@@ -54,6 +55,15 @@ class QuantSpec:
         return (-128, 127) if self.dtype == "int8" else (0, 255)
 
 
+# The attention matmul operands (QuantConfig.attention_matmuls) on every device: q, K^T and V symmetric int8 with
+# percentile ranges, the softmax output P an unsigned grid (it lies in [0, 1]: zero point 0 keeps all 256 levels)
+# with its range by MSE. On the default model these kept more agreement with fp32 than min/max ranges (README
+# "int8 attention" has the figures, from `python tools/attention_probe.py`). s8 x s8 and u8 x s8 are what
+# OpenVINO's int8 attention subgraph and ONNX Runtime's MatMulIntegerToFloat take.
+ATTENTION_OPERAND_SPEC = QuantSpec(method="percentile")
+ATTENTION_PROBS_SPEC = QuantSpec(dtype="uint8", symmetric=False, method="mse")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """What to quantize and how; `for_device` gives the reference contract for a target CPU."""
@@ -62,7 +72,7 @@ class QuantConfig:
     activation: QuantSpec = field(default_factory=QuantSpec)
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(ch_axis=0))
     exclude: tuple[str, ...] = ()  # fnmatch patterns on quantization-point names, e.g. "*.pooler.*"
-    attention_matmuls: bool = False  # also quantize Q*K^T and P*V
+    attention_matmuls: bool = False  # also quantize Q*K^T and P*V (operand grids: ATTENTION_OPERAND_SPEC, ..._PROBS_SPEC)
     isa: str | None = None  # the int8 instruction set the contract was made for (sysinfo.classify_int8_isa)
     # runtime SmoothQuant strength on every linear input; pipeline.calibrate applies it (library users call
     # smoothquant.smooth_runtime between Quantizer.calib and the calibration batches)
@@ -157,6 +167,9 @@ class RunConfig:
     max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
     fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
     qat_epochs: float = 0.0
+    # int8 attention matmuls (QuantConfig.attention_matmuls): on, off, or auto = the forced engine's preference
+    # (Engine.int8_attention), off under --backend auto, on aarch64 and without VNNI (pipeline.int8_attention)
+    int8_attention: str = "auto"
     smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
     layer_report: bool = False  # calib.py: print and save per-layer output error against fp32
     allow_no_int8: bool = False  # report an int8 model that ran without int8 kernels instead of failing

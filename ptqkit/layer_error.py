@@ -1,4 +1,5 @@
 """Per-layer output error of the int8 model against fp32 on calibration data: where fidelity is lost.
+(Linears only: quantized attention matmuls, when on, show in the cumulative error of the layers after them.)
 
 For every quantized linear y = x W^T + b the report compares, on the real (non-padding) tokens of the calibration
 batches, the fp32 output with:
@@ -66,7 +67,7 @@ def linear_modules(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Modul
 def layer_errors(model: nn.Module, q: Quantizer, batches: list[dict]) -> list[LayerError]:
     """Errors of every quantized linear (see the module doc), worst local SQNR first."""
     fq = q.convert(model)
-    names = [p.name for p in q.quantized_points()]
+    names = [p.name for p in q.quantized_points() if p.kind == "linear"]
     fp_mods, fq_mods = linear_modules(model, names), linear_modules(fq, names)
     sums = {n: _Sums() for n in names}
     for batch in batches:

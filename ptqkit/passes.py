@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from .config import QuantConfig
+from .config import ATTENTION_OPERAND_SPEC, ATTENTION_PROBS_SPEC, QuantConfig, QuantSpec
 from .observers import Observer
 
 OBSERVERS_ATTR = "ptq_observers"
@@ -29,6 +29,13 @@ class QuantPoint:
     @property
     def roles(self) -> tuple[str, str]:
         return ("input", "weight") if self.kind == "linear" else ("input", "other")
+
+    def spec(self, role: str, cfg: QuantConfig) -> QuantSpec:
+        """The grid of one operand: the contract's for a linear; the attention grids (config.py) for a matmul,
+        whose P*V input is the softmax output."""
+        if self.kind == "linear":
+            return cfg.weight if role == "weight" else cfg.activation
+        return ATTENTION_PROBS_SPEC if self.name.endswith(".pv") and role == "input" else ATTENTION_OPERAND_SPEC
 
 
 def observer_key(point: str, role: str) -> str:
@@ -74,8 +81,7 @@ def insert_observers(gm: fx.GraphModule, points: list[QuantPoint], cfg: QuantCon
     for p in points:
         node = nodes[p.node]
         for role, arg_index in zip(p.roles, (0, 1)):
-            spec = cfg.weight if role == "weight" else cfg.activation
-            obs = Observer(spec)
+            obs = Observer(p.spec(role, cfg))
             obs.name = f"{p.name}:{role}"
             key = observer_key(p.name, role)
             observers[key] = obs

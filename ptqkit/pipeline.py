@@ -14,7 +14,7 @@ from .backends.base import ONNX, Engine, KernelEvidence, ModelForms, Runner
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
-from .config import QuantConfig, RunConfig
+from .config import INT8_ATTENTION, QuantConfig, RunConfig
 from .data import TaskData, calibration_batches, encode, load_task, split_train
 from .errors import UserError, one_line
 from .evaluation import argmax_agreement, evaluate, predict_logits
@@ -26,10 +26,15 @@ from .profile import OpTimes, format_profile, profile_cell
 from .qmodel import LogitsOnly
 from .qat import QATConfig, train_qat
 from .smoothquant import collect_input_absmax, smooth, smooth_runtime
+from .sysinfo import SATURATING_ISAS, host_int8_isa
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, SELECTION_SIZE, Selection, least_confident, select_engine
 
 LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
+# --int8-attention auto under --backend auto, where OpenVINO and ONNX Runtime compete on one exported file: off. With
+# int8 attention neither engine agreed with the fake-quant model on enough selection sentences to pass the check
+# (README "int8 attention" has the figures)
+AUTO_INT8_ATTENTION = False
 
 
 @dataclass
@@ -329,7 +334,7 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
 
     Returns the quantizer and what the optional steps did (for the report)."""
     try:
-        config = QuantConfig.for_device(cfg.device, isa=cfg.isa)
+        config = QuantConfig.for_device(cfg.device, isa=cfg.isa, attention_matmuls=int8_attention(cfg))
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.calib_method:
@@ -340,6 +345,10 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
         steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
     q = Quantizer(device=cfg.device, config=config)
     calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
+    if config.attention_matmuls and cfg.int8_attention == "auto" and not q.attention_supported(ld.model):
+        steps["int8_attention"] = "off: the model's attention does not go through transformers' attention interface"
+        q = Quantizer(device=cfg.device, config=replace(config, attention_matmuls=False))
+        calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how
     if config.smooth_alpha is not None:  # the contract's runtime smoothing: statistics first, then the ranges
         absmax = collect_input_absmax(ld.model, data)
@@ -351,6 +360,20 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     if cfg.qat_epochs:
         steps["qat_steps"] = train_qat(q, ld.task, ld.tokenizer, QATConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len))
     return q, steps
+
+
+def int8_attention(cfg: RunConfig) -> bool:
+    """Whether to quantize the attention matmuls: --int8-attention on/off, else (auto) the forced engine's
+    preference (Engine.int8_attention), AUTO_INT8_ATTENTION under --backend auto. Auto is off on aarch64 (its
+    contract was checked on ARM without it) and on x86 without VNNI (measured only on a VNNI CPU; there the
+    engines' int8 kernels saturate or are slower than fp32, see "int8 on every CPU" in README)."""
+    if cfg.int8_attention not in INT8_ATTENTION:
+        raise UserError(f"--int8-attention must be one of {', '.join(INT8_ATTENTION)}, not {cfg.int8_attention!r}")
+    if cfg.int8_attention != "auto":
+        return cfg.int8_attention == "on"
+    if cfg.device != "x86" or (cfg.isa or host_int8_isa()) in SATURATING_ISAS:
+        return False
+    return AUTO_INT8_ATTENTION if cfg.backend == "auto" else get_backend(cfg.backend).int8_attention
 
 
 def export_artifacts(model, converted, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:

@@ -6,7 +6,9 @@ from these modules); layer_error.py compares it with the float model.
 (calibration, fallback scoring), LSQ scales (QAT) and QuantLinear all call it. It uses torch's fake-quant ops,
 which the TorchScript ONNX exporter emits as QuantizeLinear/DequantizeLinear. `channel_multiply` is runtime
 SmoothQuant's per-channel multiply in front of an activation quantizer (smoothquant.smooth_runtime), applied by
-the same three and exported as one ONNX Mul.
+the same three and exported as one ONNX Mul. `QuantAttention` holds the qparams of the attention matmul operands
+(QuantConfig.attention_matmuls); `int8_attention`, registered with transformers as the attention function
+ATTENTION_IMPL, applies them, so the converted model needs no copy of any model's attention code.
 """
 from __future__ import annotations
 
@@ -82,6 +84,61 @@ class QuantLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = torch.matmul(self.quantized_input(x), self.quantized_weight())
         return y if self.bias is None else y + self.bias
+
+
+ATTENTION_IMPL = "ptqkit_int8"  # config._attn_implementation of a converted model with int8 attention
+
+
+class QuantAttention(nn.Module):
+    """Frozen qparams of the attention matmul operands of one attention module: fq(Q) @ fq(K^T), softmax, then
+    fq(P) @ fq(V), each matmul's inputs in the dequant -> MatMul form engines run as int8 (K is transposed before
+    its fake-quant for the same reason as QuantLinear's weight).
+
+    qparams: operand name -> (scale, zero_point, (qmin, qmax)); an operand without an entry (its matmul was
+    excluded or left in fp32) passes through unquantized. Attached to the attention module as `quant_attention`
+    by Quantizer.convert.
+    """
+
+    def __init__(self, qparams: dict[str, tuple[Tensor, Tensor, tuple[int, int]]]):
+        super().__init__()
+        self.ranges: dict[str, tuple[int, int]] = {}
+        for name, (scale, zero_point, qrange) in qparams.items():
+            self.register_buffer(f"{name}_scale", scale.detach().clone())
+            self.register_buffer(f"{name}_zero_point", zero_point.detach().clone())
+            self.ranges[name] = qrange
+
+    def operand(self, name: str, x: Tensor) -> Tensor:
+        if name not in self.ranges:
+            return x
+        return fake_quantize(x, getattr(self, f"{name}_scale"), getattr(self, f"{name}_zero_point"), None,
+                             *self.ranges[name])
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+                scaling: float) -> tuple[Tensor, Tensor]:
+        """transformers' eager attention (no dropout: the converted model is for inference) on quantized operands."""
+        scores = torch.matmul(self.operand("query", query), self.operand("key", key.transpose(2, 3))) * scaling
+        if mask is not None:
+            scores = scores + mask
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(self.operand("probs", probs), self.operand("value", value))
+        return out.transpose(1, 2).contiguous(), probs
+
+
+def int8_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                   scaling: float | None = None, dropout: float = 0.0, **kwargs) -> tuple[Tensor, Tensor]:
+    """The attention function of ATTENTION_IMPL (transformers' AttentionInterface signature): the module's
+    QuantAttention, or plain eager attention where the module has none."""
+    quant = getattr(module, "quant_attention", None) or QuantAttention({})
+    return quant(query, key, value, attention_mask, query.size(-1) ** -0.5 if scaling is None else scaling)
+
+
+def register_int8_attention() -> None:
+    """Make ATTENTION_IMPL known to transformers (idempotent). Its mask is eager attention's additive float mask."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION_IMPL, int8_attention)
+    AttentionMaskInterface.register(ATTENTION_IMPL, eager_mask)
 
 
 class LogitsOnly(nn.Module):

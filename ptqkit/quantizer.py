@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import artifacts
-from .capture import CaptureError, capture
+from .capture import CaptureError, capture, example_inputs, model_input_names
 from .config import QuantConfig
 from .errors import UserError
 from .observers import LSQQuantizer, NonFiniteInput
-from .qmodel import QuantLinear, fake_quantize
+from .qmodel import ATTENTION_IMPL, QuantAttention, QuantLinear, fake_quantize, register_int8_attention
 from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
 
 STATE_VERSION = 2  # 2: observers carry channel_mul (runtime SmoothQuant)
@@ -30,6 +30,8 @@ STATE_VERSION = 2  # 2: observers carry channel_mul (runtime SmoothQuant)
 # observed once when the observers went in). QUANTIZED: frozen qparams, the graph fake-quantizes every point
 # except the fallback layers. TRAINING: QAT, LSQ quantizers with learnable scales in place of the observers.
 NEW, OBSERVING, QUANTIZED, TRAINING = "new", "observing", "quantized", "training"
+# The QuantAttention operands that each attention matmul point's roles ("input", "other") feed.
+MATMUL_OPERANDS = {"qk": ("query", "key"), "pv": ("probs", "value")}
 
 
 class Quantizer:
@@ -53,8 +55,7 @@ class Quantizer:
         try:
             captured = capture(copy.deepcopy(model), input_names)
         except CaptureError as e:
-            kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-            raise UserError(f"model type {kind!r} cannot be quantized: {e}") from None
+            raise UserError(f"model type {_model_type(model)!r} cannot be quantized: {e}") from None
         self.graph, self.captured_how = captured.module, captured.how
         self.points = find_quant_points(self.graph, self.config)
         if not self.points:
@@ -79,9 +80,10 @@ class Quantizer:
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         """The converted quantized model (qmodel.py): a copy of the float HF `model` carrying the graph's current
         weights, with every quantized linear a QuantLinear holding these frozen qparams (and its input's runtime
-        SmoothQuant multiplier). TorchScript and ONNX export and the module engines all start from it. A fallback
-        linear whose input was smoothed (smoothquant.smooth_runtime) stays an nn.Linear with the scaling of its
-        weight columns undone."""
+        SmoothQuant multiplier) and, with attention matmul points, every attention module carrying a QuantAttention
+        (run by the registered int8 attention function). TorchScript and ONNX export and the module engines all
+        start from it. A fallback linear whose input was smoothed (smoothquant.smooth_runtime) stays an nn.Linear
+        with the scaling of its weight columns undone."""
         qmodel = copy.deepcopy(model).eval()
         obs = self.observers()
         params = dict(self._require_graph().named_parameters())
@@ -93,10 +95,18 @@ class Quantizer:
                 mul = obs[observer_key(point.name, "input")].channel_mul
                 if point.name in self.fallback_layers and point.kind == "linear" and mul.numel():
                     qmodel.get_submodule(point.name).weight.mul_(mul)
+        attention: dict[str, dict] = {}  # attention module -> operand -> qparams
         for point in self.quantized_points():
+            parent_name, _, attr = point.name.rpartition(".")
+            if point.kind == "matmul":
+                if attr not in MATMUL_OPERANDS:
+                    raise NotImplementedError(f"conversion of a third attention matmul is not supported ({point.name})")
+                for role, operand in zip(point.roles, MATMUL_OPERANDS[attr]):
+                    o = obs[observer_key(point.name, role)]
+                    attention.setdefault(parent_name, {})[operand] = (*_frozen_qparams(o), (o.spec.qmin, o.spec.qmax))
+                continue
             if point.kind != "linear":
                 raise NotImplementedError(f"conversion of {point.kind} quantization is not supported ({point.name})")
-            parent_name, _, attr = point.name.rpartition(".")
             parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
             linear = getattr(parent, attr)
             act, w = obs[observer_key(point.name, "input")], obs[observer_key(point.name, "weight")]
@@ -109,7 +119,15 @@ class Quantizer:
             setattr(parent, attr, QuantLinear(weight, linear.bias, _frozen_qparams(act), (act.spec.qmin, act.spec.qmax),
                                               w_qparams, w.spec.storage_range, w.spec.ch_axis is not None,
                                               act.channel_mul))
+        if attention and not _attach_attention(qmodel, attention):
+            raise UserError(f"int8 attention is not supported for model type {_model_type(model)!r}: its attention "
+                            "does not go through transformers' attention interface; rerun with --int8-attention off")
         return qmodel.eval()
+
+    def attention_supported(self, model: torch.nn.Module) -> bool:
+        """Whether convert() can quantize this model's attention matmuls (checked on a copy without qparams)."""
+        modules = {p.name.rpartition(".")[0] for p in self.points if p.kind == "matmul"}
+        return _attach_attention(copy.deepcopy(model).eval(), {name: {} for name in modules})
 
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:
         """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
@@ -244,6 +262,30 @@ class Quantizer:
                     params[name].copy_(t)
         q.quantize()
         return q
+
+
+def _attach_attention(qmodel: torch.nn.Module, attention: dict[str, dict]) -> bool:
+    """Give each attention module its QuantAttention and switch the model to the int8 attention function; then
+    check on one small batch that every one of them runs (a model whose attention does not go through
+    transformers' attention interface would otherwise silently keep fp32 attention). Returns whether they all ran."""
+    register_int8_attention()
+    modules = {name: qmodel.get_submodule(name) for name in attention}
+    for name, qparams in attention.items():
+        modules[name].quant_attention = QuantAttention(qparams)
+    qmodel.config._attn_implementation = ATTENTION_IMPL
+    ran: set[str] = set()
+    hooks = [m.quant_attention.register_forward_hook(lambda *_, n=n: ran.add(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            qmodel.eval()(**example_inputs(qmodel, model_input_names(qmodel), batch=1, seq_len=8))
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(ran) == len(modules)
+
+
+def _model_type(model: torch.nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", type(model).__name__)
 
 
 def _frozen_qparams(obs: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

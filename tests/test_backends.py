@@ -76,8 +76,9 @@ def test_int8_kernels_and_agreement(engine, artefacts, variant):
     ev = runner.kernels()
     # one int8 kernel per quantized linear (OpenVINO FullyConnected, ORT MatMulIntegerToFloat)
     assert ev.int8 == quantized_linears, ev.details
-    if engine.name == "openvino":  # the fallback linears stay fp32
-        assert ev.fp32 == N_LINEARS - quantized_linears and ev.other == 0, ev.details
+    if engine.name == "openvino":  # the fallback linears stay fp32, and so does each layer's attention subgraph
+        assert ev.fp32 == N_LINEARS - quantized_linears + 2 and ev.other == 0, ev.details
+        assert ev.details["AttentionSubgraph:f32"] == 2
     out = runner(EVAL_NP)
     assert out.shape == ref.shape
     assert _agreement(out, ref) >= 0.95

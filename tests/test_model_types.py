@@ -6,6 +6,7 @@ import pytest
 
 from ptqkit.capture import model_input_names
 from ptqkit.support import MODEL_TYPES, TYPES, check_model_type, tiny_classifier
+from tiny import int8_kernels
 
 CORE_LINEARS = 14  # 2 layers x 6 linears (Q, K, V, attention out, FFN in/out) + a 2-linear head, in every type
 
@@ -55,7 +56,8 @@ def test_bert_tokenizer_on_a_distilbert_runs_end_to_end(tmp_path):
                         calib_method="minmax", skip_peers=True, bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1)))
     by_name = {v["name"]: v for v in rep["variants"]}
     ours = by_name[rep["backend_selection"]["chosen"]]  # the default engine: --backend auto
-    assert ours["int8_kernels"] == 14 and "metrics" in ours
+    attention = rep["quantization"]["config"]["attention_matmuls"]  # --int8-attention auto
+    assert ours["int8_kernels"] == int8_kernels(ours["engine"], attention) and "metrics" in ours
     assert rep["quantization"]["capture"].startswith("dynamic")
 
 

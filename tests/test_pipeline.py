@@ -14,7 +14,9 @@ import pytest
 
 from ptqkit.bench import BenchConfig, Shape
 from ptqkit.data import calibration_batches
-from ptqkit.pipeline import RunConfig, auto_fallback, calibrate, load, run
+from ptqkit.pipeline import AUTO_INT8_ATTENTION, RunConfig, auto_fallback, calibrate, load, run
+from ptqkit.sysinfo import SATURATING_ISAS
+from tiny import ATTENTION_KERNELS, N_ATTENTION_POINTS, N_LINEARS
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = "good bad great awful fine dull fun boring film plot acting movie story".split()
@@ -54,14 +56,19 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     sel = rep["backend_selection"]
     cands = {c["name"]: c for c in sel["candidates"]}
     assert set(cands) == {"openvino-int8", "openvino-int8-bf16", "onnxruntime-int8"}
-    assert all(c["int8_kernels"] == 14 for c in cands.values()), cands
+    # --int8-attention auto under --backend auto: AUTO_INT8_ATTENTION, and never without VNNI (16-bit saturation)
+    attention = rep["quantization"]["config"]["attention_matmuls"]
+    assert attention == (AUTO_INT8_ATTENTION and rep["cpu"]["int8_isa"] not in SATURATING_ISAS)
+    extra = ATTENTION_KERNELS if attention else dict.fromkeys(ATTENTION_KERNELS, 0)
+    assert all(c["int8_kernels"] == N_LINEARS + extra[c["engine"]] for c in cands.values()), cands
     eligible = [c for c in cands.values() if c["eligible"]]
     assert sel["chosen"] == (min(eligible, key=lambda c: c["median_ms"])["name"] if eligible else
                              max(cands.values(), key=lambda c: (c["agreement_with_fakequant"], -c["median_ms"]))["name"])
     ours = by_name[sel["chosen"]]
     engine = cands[sel["chosen"]]["engine"]
     assert [v["name"] for v in rep["variants"][:4]] == ["pytorch-fp32", "pytorch-fakequant", f"{engine}-fp32", sel["chosen"]]
-    assert ours["int8_kernels"] == rep["quantization"]["points"] == 14
+    assert rep["quantization"]["points"] == N_LINEARS + (N_ATTENTION_POINTS if attention else 0)
+    assert ours["int8_kernels"] == N_LINEARS + extra[engine]
     assert by_name[f"{engine}-fp32"]["int8_kernels"] == 0
     assert ours["agreement_with_fakequant"] >= 0.9
     assert rep["cpu"]["int8_isa"] == rep["quantization"]["config"]["isa"]
@@ -85,16 +92,18 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     assert not list(out.glob(".*tmp*")), "temp files left behind"
 
 
-@pytest.mark.parametrize("budget, expected", [(100.0, 0), (-101.0, 14)])
-def test_auto_fallback_extremes(user_cfg: RunConfig, budget: float, expected: int) -> None:
-    """A loose budget keeps every layer int8; an impossible one leaves every layer in fp32."""
+@pytest.mark.parametrize("budget, everything", [(100.0, False), (-101.0, True)])
+def test_auto_fallback_extremes(user_cfg: RunConfig, budget: float, everything: bool) -> None:
+    """A loose budget keeps every layer int8; an impossible one leaves every point (attention matmuls included)
+    in fp32."""
     cfg = replace(user_cfg)
     ld = load(cfg)
     calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
     q, _ = calibrate(ld, cfg, calib)
     auto_fallback(q, ld, replace(cfg, max_accuracy_drop=budget), calib, holdout_size=40)
+    expected = len(q.points) if everything else 0
     assert len(q.fallback_layers) == expected
-    assert len(q.quantized_points()) == 14 - expected
+    assert len(q.quantized_points()) == len(q.points) - expected
 
 
 def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> None:
@@ -102,13 +111,15 @@ def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> No
     common = ["--model", user_cfg.model, "--train-file", user_cfg.train_file, "--validation-file", user_cfg.validation_file,
               "--output-dir", str(tmp_path), "--batch-size", "8", "--max-seq-len", "32"]
     env = {**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    steps = [["calib.py", "--calib-batches", "2", "--layer-report"], ["export.py"], ["bench.py", "--shapes", "1x16", "--rounds", "2",
-                                                                   "--backends", "openvino,onnxruntime"]]
+    steps = [["calib.py", "--calib-batches", "2", "--layer-report", "--int8-attention", "on"], ["export.py"],
+             ["bench.py", "--shapes", "1x16", "--rounds", "2", "--backends", "openvino,onnxruntime"]]
     for script, *extra in steps:
         res = subprocess.run([sys.executable, str(REPO / script), *common, *extra], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, f"{script}: {res.stderr[-2000:]}"
     assert (tmp_path / "calib_summary.json").is_file() and (tmp_path / "model_int8_qdq.onnx").is_file()
+    state = json.loads((tmp_path / "quant_state" / "quant_state.json").read_text())
+    assert state["config"]["attention_matmuls"] and len(state["points"]) == 14 + 4  # export.py converted them too
     layers = json.loads((tmp_path / "layer_report.json").read_text())["layers"]
     assert len(layers) == 14 and layers[0]["local_sqnr"] <= layers[-1]["local_sqnr"]
     bench = json.loads((tmp_path / "bench.json").read_text())

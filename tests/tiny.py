@@ -5,6 +5,15 @@ import torch
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 N_LINEARS = 14  # 2 layers x 6 linears + pooler + classifier
+# int8 kernels that int8 attention adds per engine to a 2-layer BERT: OpenVINO fuses each
+# layer's attention into one int8 subgraph, ONNX Runtime runs its two matmuls as int8 ops
+ATTENTION_KERNELS = {"openvino": 2, "onnxruntime": 4}
+N_ATTENTION_POINTS = 4  # 2 layers x (Q.K^T, P.V)
+
+
+def int8_kernels(engine: str, attention: bool, linears: int = N_LINEARS) -> int:
+    """int8 kernels an engine reports for a 2-layer BERT with `linears` quantized linears."""
+    return linears + (ATTENTION_KERNELS[engine] if attention else 0)
 
 
 def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:

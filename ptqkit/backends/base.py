@@ -69,6 +69,7 @@ class Engine:
     variant_notes: Mapping[str, str] = MappingProxyType({})  # precision -> note shown in the report
     fixed_shapes: bool = False  # compiles one graph per input shape: evaluation pads batches to one length
     auto: bool = False  # a candidate of --backend auto (it must compile in seconds)
+    int8_attention: bool = False  # runs int8 attention matmuls faster than fp32 ones (--int8-attention auto)
 
     profiled: bool = False  # implements op_times (its own profiler)
 

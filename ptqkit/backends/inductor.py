@@ -1,7 +1,8 @@
 """PyTorch Inductor: torch.compile with freezing; int8 through oneDNN qlinear kernels, no torchao.
 
 int8 path. `to_qdq_module` rewrites every QuantLinear of the converted model (Quantizer.convert, qmodel.py)
-into the form PT2E's convert step produces, with the same qparams:
+into the form PT2E's convert step produces, with the same qparams (and int8 attention's QuantAttention into
+QDQAttention, which stays fp32 math here):
 
     x -> quantized_decomposed.quantize_per_tensor -> dequantize_per_tensor --+
     int8 weight buffer -> dequantize_per_channel(axis 0) -> (t) ------------ addmm/mm (+ bias)
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..qmodel import LogitsOnly, QuantLinear, channel_multiply
+from ..qmodel import LogitsOnly, QuantAttention, QuantLinear, channel_multiply
 from .base import MODULE, Engine, Inputs, KernelEvidence
 
 PRECISIONS = ("fp32", "int8")
@@ -106,9 +107,36 @@ class QDQLinear(torch.nn.Module):
         return torch.nn.functional.linear(xd, w, self.bias)
 
 
+class QDQAttention(QuantAttention):
+    """A QuantAttention whose operands go through quantized_decomposed q/dq with Python-number qparams, which
+    torch.export can trace (torch's fake-quant ops with tensor qparams have no meta kernel). Inductor has no int8
+    attention kernel: it runs these as fp32 math around fp32 batched matmuls (Engine.int8_attention is False)."""
+
+    def __init__(self, qa: QuantAttention):
+        super().__init__({})
+        self.qparams = {}
+        for name, (qmin, qmax) in qa.ranges.items():
+            # uint8 like QDQLinear's activations (the same values; Inductor fuses a linear's following quantize into
+            # its u8 output and expects u8 there)
+            shift = 128 if qmin < 0 else 0
+            zero_point = int(getattr(qa, f"{name}_zero_point")) + shift
+            self.qparams[name] = (float(getattr(qa, f"{name}_scale")), zero_point, qmin + shift, qmax + shift, torch.uint8)
+
+    def operand(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name not in self.qparams:
+            return x
+        qd = _qd()
+        args = self.qparams[name]
+        return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, *args), *args)
+
+
 def to_qdq_module(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a converted model with every QuantLinear replaced by a QDQLinear (same qparams)."""
+    """A copy of a converted model with every QuantLinear replaced by a QDQLinear and every QuantAttention by a
+    QDQAttention (same qparams)."""
     model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(getattr(m, "quant_attention", None), QuantAttention):
+            m.quant_attention = QDQAttention(m.quant_attention)
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLinear)]
     for name, m in targets:
         parent_name, _, attr = name.rpartition(".")

@@ -12,6 +12,10 @@ from ..sysinfo import usable_cores
 from .base import OP_KINDS, Engine, Inputs, KernelEvidence
 
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "ScaledDotProductAttention", "GEMM")
+# The CPU plugin fuses a whole attention block (Q*K^T, scale, mask, softmax, P*V) into one `Subgraph` (snippets);
+# such a subgraph, told from eltwise subgraphs by the MatMuls among its original layers, counts as one compute
+# kernel under this name, int8 when it runs as i8 (jit_avx512_i8: int8 attention matmuls).
+ATTENTION_SUBGRAPH = "AttentionSubgraph"
 
 
 class OpenVINORunner:
@@ -38,7 +42,10 @@ class OpenVINORunner:
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             layer = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
-            if layer not in COMPUTE_LAYERS:
+            fused = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
+            if layer == "Subgraph" and "MatMul" in fused:
+                layer = ATTENTION_SUBGRAPH
+            elif layer not in COMPUTE_LAYERS:
                 continue
             prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
             counts[f"{layer}:{prec}"] += 1
@@ -67,6 +74,7 @@ class OpenVINOBackend(Engine):
     variant_notes = MappingProxyType({"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"})
     auto = True
     profiled = True
+    int8_attention = True  # its fused attention subgraph runs int8 (`python tools/attention_probe.py`, README)
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> OpenVINORunner:
         """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads.

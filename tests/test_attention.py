@@ -1,0 +1,181 @@
+"""int8 attention matmuls (QuantConfig.attention_matmuls): converted model, export, engines, the --int8-attention
+choice."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ptqkit.backends import get_backend
+from ptqkit.config import QuantConfig, RunConfig
+from ptqkit.errors import UserError
+from ptqkit.export import export_onnx, export_torchscript
+from ptqkit.layer_error import layer_errors
+from ptqkit.passes import observer_key
+from ptqkit.pipeline import AUTO_INT8_ATTENTION, int8_attention
+from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
+from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
+
+LAYERS = 2
+ATTENTION_MATMULS = 2 * LAYERS
+CALIB = [make_batch(8, 16, 100 + i) for i in range(4)]
+EXAMPLE = make_batch(1, 16, seed=5)  # export shape
+EVAL = make_batch(32, 20, seed=7)  # another batch and length
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return tiny_bert()
+
+
+def quantized(model, device: str = "x86") -> Quantizer:
+    """The device's contract with attention matmuls, runtime smoothing as the pipeline applies it."""
+    q = Quantizer(config=QuantConfig.for_device(device, attention_matmuls=True))
+    graph = q.calib(model)
+    if q.config.smooth_alpha is not None:
+        smooth_runtime(q, collect_input_absmax(model, CALIB), q.config.smooth_alpha)
+    run_calibration(graph, CALIB)
+    q.quantize()
+    return q
+
+
+@pytest.fixture(scope="module")
+def q(bert):
+    return quantized(bert)
+
+
+@pytest.fixture(scope="module")
+def converted(q, bert):
+    return q.convert(bert)
+
+
+@pytest.fixture(scope="module")
+def onnx_path(converted, tmp_path_factory):
+    return export_onnx(converted, NAMES, EXAMPLE, tmp_path_factory.mktemp("attention") / "int8.onnx")
+
+
+def test_operand_grids(q):
+    """q, K^T, V symmetric int8; the softmax output unsigned from zero point 0."""
+    for layer in range(LAYERS):
+        prefix = f"bert.encoder.layer.{layer}.attention.self"
+        for point, role, dtype in (("qk", "input", "int8"), ("qk", "other", "int8"), ("pv", "input", "uint8"),
+                                   ("pv", "other", "int8")):
+            obs = q.observers()[observer_key(f"{prefix}.{point}", role)]
+            assert obs.spec.dtype == dtype and int(obs.zero_point) == 0 and float(obs.scale) > 0
+        probs = q.observers()[observer_key(f"{prefix}.pv", "input")]
+        assert float(probs.max_val) <= 1.0 and float(probs.scale) <= 1 / 255 + 1e-7
+
+
+def test_converted_model_equals_graph(q, bert, converted):
+    for batch in (EVAL, make_batch(1, 5, seed=3)):
+        assert torch.equal(logits(converted, batch), logits(q.graph, batch))
+    assert sum(type(m).__name__ == "QuantAttention" for m in converted.modules()) == LAYERS
+    assert bert.config._attn_implementation == "eager"  # the float model is untouched
+    # attention quantization is on: switching it off changes the output
+    plain = Quantizer(config=QuantConfig.for_device("x86"))
+    run_calibration(plain.calib(bert), CALIB)
+    assert not torch.equal(logits(plain.quantize(), EVAL), logits(converted, EVAL))
+
+
+def test_one_attention_matmul_left_in_fp32(q, bert):
+    """Fallback of a single matmul point: its operands pass through, the rest stays quantized."""
+    q = copy.deepcopy(q)
+    q.fallback({"bert.encoder.layer.0.attention.self.qk": 1.0}, 1)
+    converted = q.convert(bert)
+    assert torch.equal(logits(converted, EVAL), logits(q.graph, EVAL))
+    assert not hasattr(converted.bert.encoder.layer[0].attention.self.quant_attention, "query_scale")
+
+
+def test_state_round_trip_and_torchscript(q, bert, converted, tmp_path):
+    q.save(tmp_path / "state")
+    again = Quantizer.load(tmp_path / "state", copy.deepcopy(bert)).convert(bert)
+    assert torch.equal(logits(again, EVAL), logits(converted, EVAL))
+    traced = torch.jit.load(str(export_torchscript(converted, NAMES, EXAMPLE, tmp_path / "int8.pt")))
+    with torch.no_grad():
+        assert torch.equal(traced(*(EXAMPLE[n] for n in NAMES)), logits(converted, EXAMPLE))
+
+
+def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(onnx_path):
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {i.name for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    attention = [n for n in matmuls if not any(producers[i].input[0] in inits for i in n.input if i in producers)]
+    assert len(matmuls) == N_LINEARS + ATTENTION_MATMULS and len(attention) == ATTENTION_MATMULS
+    for mm in attention:  # DequantizeLinear(QuantizeLinear(activation)) on both inputs
+        for name in mm.input:
+            dq = producers[name]
+            assert dq.op_type == "DequantizeLinear" and producers[dq.input[0]].op_type == "QuantizeLinear"
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_engines_run_int8_attention(engine, q, onnx_path):
+    runner = get_backend(engine).compile(onnx_path, 1, "int8")
+    ev = runner.kernels()
+    if engine == "openvino":  # each attention block is one fused subgraph, run in int8
+        assert ev.details.get("AttentionSubgraph:i8") == LAYERS and ev.int8 == N_LINEARS + LAYERS, ev.details
+    else:  # every MatMul, attention included, became an int8 op
+        assert ev.int8 == N_LINEARS + ATTENTION_MATMULS and ev.fp32 == 0, ev.details
+    ref = logits(q.graph, EVAL).numpy()
+    out = runner({k: v.numpy() for k, v in EVAL.items()})
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_layer_report_covers_the_linears(q, bert):
+    errors = layer_errors(bert, q, CALIB[:1])
+    assert len(errors) == N_LINEARS and all(e.local_sqnr > 0 for e in errors)
+
+
+def test_unsupported_attention_is_a_user_error(q, bert, monkeypatch):
+    """A model whose attention bypasses transformers' attention interface cannot silently keep fp32 attention."""
+    from transformers.models.bert import modeling_bert
+
+    assert q.attention_supported(bert)
+    monkeypatch.setattr(modeling_bert.ALL_ATTENTION_FUNCTIONS, "get_interface", lambda name, default: default)
+    assert not q.attention_supported(bert)  # --int8-attention auto then calibrates without it (pipeline.calibrate)
+    with pytest.raises(UserError, match="int8 attention is not supported for model type 'bert'"):
+        q.convert(bert)
+
+
+def test_int8_attention_choice():
+    assert int8_attention(RunConfig(int8_attention="on", device="aarch64"))
+    assert not int8_attention(RunConfig(int8_attention="off", backend="openvino"))
+    assert int8_attention(RunConfig(backend="auto")) is AUTO_INT8_ATTENTION
+    for name in ("openvino", "onnxruntime", "inductor"):
+        assert int8_attention(RunConfig(backend=name)) is get_backend(name).int8_attention
+        assert not int8_attention(RunConfig(backend=name, device="aarch64"))
+        assert not int8_attention(RunConfig(backend=name, isa="avx2"))
+    with pytest.raises(UserError, match="--int8-attention"):
+        int8_attention(RunConfig(int8_attention="maybe"))
+
+
+@pytest.mark.slow  # one Inductor compile: ~20-40 s on 2 cores
+def test_inductor_compiles_attention_in_fp32(converted, q):
+    """Inductor takes the module: its linears become int8 GEMMs; the attention fake-quant runs as fp32 math around
+    fp32 batched matmuls (no int8 attention there, hence Engine.int8_attention False) and matches the graph."""
+    from ptqkit.backends.inductor import InductorBackend
+    from ptqkit.qmodel import LogitsOnly
+
+    runner = InductorBackend().compile(LogitsOnly(converted, NAMES), 1, "int8")
+    batch = make_batch(4, 12, seed=7)
+    out = runner({k: v.numpy() for k, v in batch.items()})
+    ref = logits(q.graph, batch).numpy()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
+    ev = runner.kernels()
+    assert ev.int8 == N_LINEARS and ev.fp32 == ev.details.get("aten.bmm.default", 0) == ATTENTION_MATMULS, ev.details
+
+
+def test_inductor_qdq_form_computes_the_converted_model(converted):
+    """Inductor's traceable rewrite (QDQAttention beside QDQLinear) computes what the converted model computes."""
+    from ptqkit.backends.inductor import QDQAttention, to_qdq_module
+
+    qdq = to_qdq_module(converted)
+    assert sum(isinstance(m, QDQAttention) for m in qdq.modules()) == LAYERS
+    ref = logits(converted, EVAL).numpy()
+    np.testing.assert_allclose(logits(qdq, EVAL).numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
