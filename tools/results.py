@@ -8,7 +8,8 @@ and rewrite the README block between the results markers from every results/*.js
     python tools/results.py --render-only         # rebuild README's block from results/*.json
 
 The sets: "default", the default model with evaluation at the server shapes (1x128 and 1x512 latency, 32x128
-throughput, one thread and every core); "bert-base", a bert-base-sized model (random weights) timed at 1x128.
+throughput, one thread and every core); "bert-base", a bert-base-sized model (random weights) timed at 1x128;
+"openvino", the default model forced onto OpenVINO, where int8 attention is on, at 1x128 and 1x512.
 Tables from other CPUs stay as they were measured: run this script on an AVX2, AVX-512 VNNI or AMX machine to add
 or refresh that machine's tables.
 """
@@ -37,6 +38,7 @@ ORDER = X86_INT8_ISAS + ARM_INT8_ISAS
 COMMANDS = {  # set -> bert_ptq.py flags (OMP_NUM_THREADS=1, as README's main command)
     "default": ["--device", "x86", "--shapes", "server"],
     "bert-base": ["--device", "x86", "--model", "bert-base-random", "--bench-only", "--shapes", "1x128"],
+    "openvino": ["--device", "x86", "--backend", "openvino", "--shapes", "1x128,1x512"],  # int8 attention on
 }
 
 
@@ -99,7 +101,9 @@ def time_split(rep: dict) -> list[str]:
     share = {(r["name"], r["batch"], r["seq_len"], r["threads"]): r for lim in rep.get("limits", []) for r in lim.get("rows", [])}
     peaks = {(lim["engine"], p["threads"]): p["peak_gmac_s"] for lim in rep.get("limits", []) for p in lim.get("peaks", [])}
     chosen = (rep.get("backend_selection") or {}).get("chosen")
-    shown = [v for v in rep["variants"] if v.get("profile") and (v["name"] == chosen or (v.get("peer") and "int8" in v["precision"]))]
+    ours = [v["name"] for v in rep["variants"] if not v.get("peer") and v["precision"].startswith("int8")
+            and v.get("latency_ms") and (chosen is None or v["name"] == chosen)]
+    shown = [v for v in rep["variants"] if v.get("profile") and (v["name"] in ours or (v.get("peer") and "int8" in v["precision"]))]
     if not shown:
         return []
     lines = ["", "Where one thread's time goes (engine profiler, median ms; GEMM share = model GEMM MACs / profiled GEMM "
