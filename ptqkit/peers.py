@@ -43,14 +43,14 @@ def nncf_int8(fp32_onnx: Path, calib: list[dict], out_dir: Path) -> Peer:
     _save_ir(quantized, xml)
     backend = OpenVINOBackend()
     return Peer("nncf-openvino-int8", "openvino", "int8", lambda t: backend.compile(xml, t, "int8"), str(xml),
-                lambda t, x, n, b: backend.op_times(xml, t, "int8", x, n, b))
+                backend.profiler(xml, "int8"))
 
 
 def openvino_bf16(fp32_onnx: Path) -> Peer:
     """The fp32 model with OpenVINO's bf16 hint: no calibration at all."""
     backend = OpenVINOBackend()
     return Peer("openvino-bf16", "openvino", "bf16", lambda t: backend.compile(fp32_onnx, t, "bf16"), str(fp32_onnx),
-                lambda t, x, n, b: backend.op_times(fp32_onnx, t, "bf16", x, n, b))
+                backend.profiler(fp32_onnx, "bf16"))
 
 
 def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
@@ -63,7 +63,7 @@ def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
         quantize_dynamic(str(fp32_onnx), str(tmp), weight_type=QuantType.QInt8)
     backend = ORTBackend()
     return Peer("onnxruntime-dynamic-int8", "onnxruntime", "int8", lambda t: backend.compile(path, t, "int8"), str(path),
-                lambda t, x, n, b: backend.op_times(path, t, "int8", x, n, b))
+                backend.profiler(path, "int8"))
 
 
 def pytorch_dynamic_int8(model: torch.nn.Module, input_names: tuple[str, ...]) -> Peer:

@@ -127,7 +127,7 @@ def engine_variants(engine: Engine, forms: ModelForms, precisions: tuple[str, ..
         return Variant({"name": f"{engine.name}-{precision}", "engine": engine.name, "precision": precision, **record},
                        lambda t: engine.compile(form, t, precision), pad_to=pad_to,
                        compare=("fp32",) if model == "fp32" else ("fp32", "fakequant"),
-                       op_times=(lambda t, x, n, b: engine.op_times(form, t, precision, x, n, b)) if engine.profiled else None)
+                       op_times=engine.profiler(form, precision))
 
     out = [variant("fp32", "fp32")]
     for i, precision in enumerate(precisions):
@@ -568,7 +568,7 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
             records[name] = {"name": name, "engine": engine.name, "precision": precision}
             builders[name] = lambda t, e=engine, p=path, pr=precision: e.compile(p, t, pr)
             if engine.profiled:
-                profilers[name] = lambda t, x, n, b, e=engine, p=path, pr=precision: e.op_times(p, t, pr, x, n, b)
+                profilers[name] = engine.profiler(path, precision)
     for name, measured in measure_latency(builders, ld, cfg.bench, profilers=profilers).items():
         records[name].update(measured)
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0, list(records.values()), cfg.bench)

@@ -84,3 +84,9 @@ class Engine:
         `between` runs after each profiled call (profile.profile_cell times the real runner there, so that both
         see the same machine)."""
         raise NotImplementedError
+
+    def profiler(self, model: Any, precision: str) -> Callable[..., list[dict[str, float]]] | None:
+        """op_times with the model and precision bound (profile.OpTimes), or None for an engine without one."""
+        if not self.profiled:
+            return None
+        return lambda threads, inputs, calls, between=None: self.op_times(model, threads, precision, inputs, calls, between)

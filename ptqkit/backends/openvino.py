@@ -40,14 +40,12 @@ class OpenVINORunner:
         ev = KernelEvidence()
         counts: Counter = Counter()
         for op in self.compiled.get_runtime_model().get_ordered_ops():
-            info = op.get_rt_info()
-            layer = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
-            fused = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
-            if layer == "Subgraph" and "MatMul" in fused:
+            layer = _rt(op, "layerType") or op.get_type_name()
+            if layer == "Subgraph" and "MatMul" in _rt(op, "originalLayersNames"):
                 layer = ATTENTION_SUBGRAPH
             elif layer not in COMPUTE_LAYERS:
                 continue
-            prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            prec = _rt(op, "runtimePrecision") or "?"
             counts[f"{layer}:{prec}"] += 1
             if prec in ("i8", "u8"):
                 ev.int8 += 1
