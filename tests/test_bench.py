@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptqkit.bench import SERVER_SHAPES, BenchConfig, Shape, bench_config
+from ptqkit.bench import SERVER_SHAPES, BenchConfig, Shape, bench_config, summarize
 from ptqkit.sysinfo import usable_cores
 from ptqkit.cli import add_bench_flags, parser
 from ptqkit.errors import UserError
@@ -39,3 +39,11 @@ def test_shape_lists_and_thread_lists(monkeypatch) -> None:
 def test_bad_timing_flags_are_one_line_errors(argv, message) -> None:
     with pytest.raises(UserError, match=message):
         _cfg(*argv)
+
+
+def test_throughput_is_computed_from_the_printed_median() -> None:
+    """A reader dividing by the report's median must get the report's throughput (41.1606 ms printed as 41.161)."""
+    rec = summarize([41.1606], Shape(1, 128), 1)
+    assert rec["median"] == 41.161 and rec["throughput_seq_s"] == round(1e3 / 41.161, 2) == 24.29
+    batch = summarize([300.0004, 300.0006], Shape(32, 128), 2)
+    assert batch["median"] == 300.0 and batch["throughput_seq_s"] == round(32e3 / 300.0, 2)
