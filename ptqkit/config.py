@@ -168,7 +168,7 @@ class RunConfig:
     fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
     qat_epochs: float = 0.0
     # int8 attention matmuls (QuantConfig.attention_matmuls): on, off, or auto = the forced engine's preference
-    # (Engine.int8_attention), off under --backend auto, on aarch64 and without VNNI (pipeline.int8_attention)
+    # (Engine.int8_attention), on under --backend auto; off on aarch64 and without VNNI (pipeline.int8_attention)
     int8_attention: str = "auto"
     smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
     layer_report: bool = False  # calib.py: print and save per-layer output error against fp32

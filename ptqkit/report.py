@@ -87,10 +87,11 @@ def markdown(rep: dict) -> str:
     if sel:
         lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", "",
                   f"| candidate | ms ({sel['shape']}, {sel['threads']}t, {sel['rounds']} rounds) | engine fp32 ms | "
-                  "agreement with fake-quant | int8 kernels | eligible |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | failed: {r['error']} | | | | no |" if r.get("status") == "failed" else
+                  "agreement with fake-quant | mean logit difference | int8 kernels | eligible |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | failed: {r['error']} | | | | | no |" if r.get("status") == "failed" else
                   f"| {r['name']} | {r['median_ms']:.2f} | {r['engine_fp32_ms']:.2f} | {r['agreement_with_fakequant']:.4f} | "
-                  f"{r['int8_kernels']} | {'yes' if r['eligible'] else 'no'} |" for r in sel["candidates"]]
+                  f"{r['mean_logit_error']:.4f} | {r['int8_kernels']} | {'yes' if r['eligible'] else 'no'} |"
+                  for r in sel["candidates"]]
         lines.append("")
     metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})
     if metric_names:

@@ -2,14 +2,13 @@
 """Regenerate README's results: run the measurement set on this CPU, keep each report as results/<int8 ISA>[.<set>].json,
 and rewrite the README block between the results markers from every results/*.json (tables per CPU class).
 
-    python tools/results.py                       # runs both sets below on this CPU
+    python tools/results.py                       # runs the sets below on this CPU
     python tools/results.py --only default        # one set
     python tools/results.py --from-report DIR --set default   # format an existing bert_ptq.py output dir instead
     python tools/results.py --render-only         # rebuild README's block from results/*.json
 
 The sets: "default", the default model with evaluation at the server shapes (1x128 and 1x512 latency, 32x128
-throughput, one thread and every core); "bert-base", a bert-base-sized model (random weights) timed at 1x128;
-"openvino", the default model forced onto OpenVINO, where int8 attention is on, at 1x128 and 1x512.
+throughput, one thread and every core); "bert-base", a bert-base-sized model (random weights) timed at 1x128.
 Tables from other CPUs stay as they were measured: run this script on an AVX2, AVX-512 VNNI or AMX machine to add
 or refresh that machine's tables.
 """
@@ -38,7 +37,6 @@ ORDER = X86_INT8_ISAS + ARM_INT8_ISAS
 COMMANDS = {  # set -> bert_ptq.py flags (OMP_NUM_THREADS=1, as README's main command)
     "default": ["--device", "x86", "--shapes", "server"],
     "bert-base": ["--device", "x86", "--model", "bert-base-random", "--bench-only", "--shapes", "1x128"],
-    "openvino": ["--device", "x86", "--backend", "openvino", "--shapes", "1x128,1x512"],  # int8 attention on
 }
 
 
