@@ -153,7 +153,7 @@ def run(cfg: RunConfig) -> dict:
     forms = ModelForms(onnx={"fp32": paths["fp32_onnx"], "int8": paths["int8_onnx"]},
                        module={"fp32": LogitsOnly(ld.model, ld.input_names), "int8": LogitsOnly(converted, ld.input_names)})
 
-    built: dict = {}  # runners already compiled for the first thread count, reused for evaluation and timing
+    built: dict = {}  # runners the selection compiled, reused for evaluation
     selection = None
     if auto:
         selection = choose_engine(q, ld, cfg, calib, forms, threads)
@@ -175,9 +175,14 @@ def run(cfg: RunConfig) -> dict:
     built = {v.name: built[v.name] for v in variants if v.name in built}
 
     evaluate_variants(variants, ld, cfg, built, threads, out_dir)
+    # Timing compiles every variant afresh and alike: a runner that had evaluated sentences of many shapes (or run
+    # the selection) was seen to time slower at 1x512 than a fresh copy of the same model (README "Where the time goes")
+    built.clear()
+    if selection is not None:
+        selection.runners.clear()
 
     timed = [v for v in variants if v.build is not None and v.measured]
-    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench, built,
+    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench,
                               {v.name: v.op_times for v in timed if v.op_times})
     for v in timed:
         v.record.update(latency[v.name])
@@ -416,12 +421,11 @@ def export_int8(model, q: Quantizer, input_names: tuple[str, ...], path: Path) -
     return export_onnx(q.convert(model), input_names, _export_example(model, input_names), path)
 
 
-def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict | None = None,
+def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig,
                     profilers: dict[str, OpTimes] | None = None) -> dict[str, dict[str, list[dict]]]:
-    """Per shape and thread count, build every variant's runner and time them interleaved; then, for the variants
-    in `profilers`, the engine's profiler split (bench.profile_calls calls; none when 0).
+    """Per thread count, build every variant's runner; per shape, time them interleaved, then, for the variants
+    in `profilers`, take the engine's profiler split (bench.profile_calls calls; none when 0).
 
-    `built`: runners already compiled for the first thread count (by evaluation), reused instead of recompiled.
     Returns name -> {"latency_ms": [...], "profile": [...]} (profile only for profiled variants). A profiler that
     fails leaves its one-line reason in "profile_error" and never takes the run down."""
     vocab = ld.model.config.vocab_size
@@ -429,8 +433,7 @@ def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig, built: dict 
     out: dict[str, dict[str, list]] = {name: {"latency_ms": []} | ({"profile": []} if name in profilers else {})
                                        for name in builders}
     for threads in bench.threads:
-        reuse = built if built is not None and threads == bench.threads[0] else {}
-        runners = {name: reuse.get(name) or build(threads) for name, build in builders.items()}
+        runners = {name: build(threads) for name, build in builders.items()}
         for shape in bench.shapes:
             inputs = synthetic_inputs(shape, vocab, ld.input_names)
             for name, samples in time_interleaved(runners, inputs, bench).items():
