@@ -15,6 +15,7 @@ import pytest
 from ptqkit.bench import BenchConfig, Shape
 from ptqkit.data import calibration_batches
 from ptqkit.pipeline import AUTO_INT8_ATTENTION, RunConfig, auto_fallback, calibrate, load, run
+from ptqkit.selection import MIN_AGREEMENT
 from ptqkit.sysinfo import SATURATING_ISAS
 from tiny import ATTENTION_KERNELS, N_ATTENTION_POINTS, N_LINEARS
 
@@ -61,6 +62,11 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     assert attention == (AUTO_INT8_ATTENTION and rep["cpu"]["int8_isa"] not in SATURATING_ISAS)
     extra = ATTENTION_KERNELS if attention else dict.fromkeys(ATTENTION_KERNELS, 0)
     assert all(c["int8_kernels"] == N_LINEARS + extra[c["engine"]] for c in cands.values()), cands
+    for c in cands.values():  # the rule: agreement on the whole pool, int8 kernels, faster than the engine's fp32
+        assert c["eligible"] == (c["agreement_with_fakequant"] >= MIN_AGREEMENT and c["int8_kernels"] > 0
+                                 and c["median_ms"] < c["engine_fp32_ms"]), c
+        assert 0 <= c["mean_logit_error"] < 1, c
+    assert sel["agreement_data"] == f"{120 - 2 * 8} held-out train sentences"  # all train rows but the calibration ones
     eligible = [c for c in cands.values() if c["eligible"]]
     assert sel["chosen"] == (min(eligible, key=lambda c: c["median_ms"])["name"] if eligible else
                              max(cands.values(), key=lambda c: (c["agreement_with_fakequant"], -c["median_ms"]))["name"])
