@@ -46,9 +46,9 @@ def main() -> None:
     unsure = np.zeros(len(margin), dtype=bool)
     unsure[np.argsort(margin, kind="stable")[:LEAST_CONFIDENT]] = True
     variants = {"pytorch-fp32 (yardstick)": TorchRunner(ld.model, ld.input_names, 1)}
-    for name in installed_engines():
-        for precision in get_backend(name).int8_variants:
-            variants[f"{name}-{precision}"] = get_backend(name).compile(out / "model_int8_qdq.onnx", 1, precision)
+    for engine in map(get_backend, installed_engines()):
+        for precision in engine.int8_variants:
+            variants[f"{engine.name}-{precision}"] = engine.compile(out / "model_int8_qdq.onnx", 1, precision)
     print(f"| variant | agreement on {len(pool)} held-out train (disagreements) | of them among the {LEAST_CONFIDENT} "
           f"least confident | largest fake-quant margin among them | mean logit difference | {len(ref_val)} validation |")
     print("|---|---|---|---|---|---|")
