@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptqkit import roofline
+from ptqkit import peers, roofline
 from ptqkit.backends import get_backend
 from ptqkit.backends.base import OP_KINDS
+from ptqkit.backends.openvino import op_kind
 from ptqkit.bench import Shape, synthetic_inputs
 from ptqkit.export import export_onnx
 from ptqkit.profile import profile_cell
@@ -85,6 +86,22 @@ def test_op_times_split_by_kind(engine, model, onnx_files):
     assert all(0 < cell[k] <= cell["engine"] for k in ("gemm", "attention", "norm_act"))  # medians of parts <= whole
     assert cell["outside"] >= 0 and cell["end_to_end"] > 0
     assert (cell["batch"], cell["seq_len"], cell["threads"], cell["calls"]) == (2, 32, 1, 3)
+
+
+def test_openvino_books_every_fully_connected_executor_as_gemm(onnx_files, tmp_path):
+    """NNCF's int8 model runs some linears on an executor the performance counters call
+    FullyConnectedQuantizedLegacy (the runtime model calls it FullyConnected): those are weight GEMMs too."""
+    import openvino as ov
+
+    peer = peers.nncf_int8(onnx_files["fp32"], [make_batch(8, 16, 100 + i) for i in range(2)], tmp_path)
+    compiled = ov.Core().compile_model(peer.artefact, "CPU", {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    request.infer({k: v.numpy() for k, v in make_batch(2, 32, seed=1).items()})
+    executed = {i.node_type for i in request.profiling_info if i.status == i.Status.EXECUTED}
+    fully_connected = {t for t in executed if t.startswith("FullyConnected")}
+    assert "FullyConnectedQuantizedLegacy" in fully_connected, executed
+    assert {op_kind(t) for t in fully_connected} == {"gemm"}
+    assert op_kind("Gather") == "other" and op_kind("MVN") == "norm_act"
 
 
 def test_gemm_macs_from_config():

@@ -102,7 +102,7 @@ class OpenVINOBackend(Engine):
             kinds = dict.fromkeys(OP_KINDS, 0.0)
             for info in request.profiling_info:
                 if info.status == info.Status.EXECUTED:
-                    kind = "attention" if info.node_name in attention else OP_KIND.get(info.node_type, "other")
+                    kind = "attention" if info.node_name in attention else op_kind(info.node_type)
                     kinds[kind] += info.real_time.total_seconds() * 1e3
             out.append(kinds)
             if between:
@@ -110,11 +110,18 @@ class OpenVINOBackend(Engine):
         return out
 
 
-# Runtime layer type -> op kind (others: "other", e.g. Gather, Transpose, Reshape, FakeQuantize, Convert)
-OP_KIND = {"FullyConnected": "gemm", "Convolution": "gemm", "GEMM": "gemm", "MatMul": "attention",
+# Performance-counter node type -> op kind (others: "other", e.g. Gather, Transpose, Reshape, FakeQuantize, Convert)
+OP_KIND = {"Convolution": "gemm", "GEMM": "gemm", "MatMul": "attention",
            "Softmax": "attention", "ScaledDotProductAttention": "attention", "MVN": "norm_act", "RMS": "norm_act",
            "Eltwise": "norm_act", "Subgraph": "norm_act", "Add": "norm_act", "Multiply": "norm_act",
            "MulAdd": "norm_act", "Gelu": "norm_act"}
+
+
+def op_kind(node_type: str) -> str:
+    """The op kind of a performance-counter node type. Every FullyConnected variant is a weight GEMM: the counters
+    name some by their executor (FullyConnectedQuantizedLegacy: some of the linears of NNCF's models) while the
+    runtime model calls them all FullyConnected."""
+    return "gemm" if node_type.startswith("FullyConnected") else OP_KIND.get(node_type, "other")
 
 
 def _rt(op, key: str) -> str:
