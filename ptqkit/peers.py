@@ -15,7 +15,7 @@ from . import artifacts
 from .backends.base import Runner
 from .backends.onnxruntime import ORTBackend
 from .backends.openvino import OpenVINOBackend
-from .backends.pytorch import TorchRunner
+from .backends.pytorch import TorchRunner, eager_profiler
 from .profile import OpTimes
 
 
@@ -71,7 +71,8 @@ def pytorch_dynamic_int8(model: torch.nn.Module, input_names: tuple[str, ...]) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
-    return Peer("pytorch-dynamic-int8", "pytorch", "int8", lambda t: TorchRunner(qmodel, input_names, t))
+    return Peer("pytorch-dynamic-int8", "pytorch", "int8", lambda t: TorchRunner(qmodel, input_names, t),
+                op_times=eager_profiler(qmodel, input_names))
 
 
 def _save_ir(model, xml: Path) -> None:

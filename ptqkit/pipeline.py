@@ -11,7 +11,7 @@ import numpy as np
 from . import artifacts, peers, report, roofline, runtime
 from .backends import get_backend, installed_engines
 from .backends.base import ONNX, Engine, KernelEvidence, ModelForms, Runner
-from .backends.pytorch import TorchRunner
+from .backends.pytorch import TorchRunner, eager_profiler
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
 from .config import INT8_ATTENTION, QuantConfig, RunConfig
@@ -163,7 +163,8 @@ def run(cfg: RunConfig) -> dict:
         engine = get_backend(cfg.backend)
         ours = engine.int8_variants
     variants = [Variant({"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"},
-                        lambda t: TorchRunner(ld.model, ld.input_names, t), reference="fp32", compare=())]
+                        lambda t: TorchRunner(ld.model, ld.input_names, t), reference="fp32", compare=(),
+                        op_times=eager_profiler(ld.model, ld.input_names))]
     if not cfg.bench_only:
         variants.append(Variant({"name": "pytorch-fakequant", "engine": "pytorch", "precision": "int8-fakequant",
                                  "note": "reference fake-quant graph (fp32 math); not timed"},
@@ -188,7 +189,7 @@ def run(cfg: RunConfig) -> dict:
         v.record.update(latency[v.name])
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
                        [v.record for v in variants], cfg.bench)
-    if cfg.bench.profile_calls and engine.profiled:
+    if cfg.bench.profile_calls and engine.profiled and engine.takes == ONNX:  # the peak is timed on QDQ ONNX GEMMs
         rep["limits"] = [measure_limit(engine, paths["int8_onnx"], rep["variants"], ld.model.config, cfg.bench.threads)]
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
@@ -557,7 +558,7 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
     ld = load(replace(cfg, eval_limit=1))
     records = {"pytorch-fp32": {"name": "pytorch-fp32", "engine": "pytorch", "precision": "fp32"}}
     builders = {"pytorch-fp32": lambda t: TorchRunner(ld.model, ld.input_names, t)}
-    profilers: dict[str, OpTimes] = {}
+    profilers: dict[str, OpTimes] = {"pytorch-fp32": eager_profiler(ld.model, ld.input_names)}
     for engine in engines:
         for precision, path in paths.items():
             name = f"{engine.name}-{precision}"

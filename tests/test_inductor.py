@@ -98,3 +98,15 @@ def test_int8_compile_emits_onednn_int8_gemms(models, capfd):
     np.testing.assert_allclose(out32, logits(model, batch), rtol=1e-4, atol=1e-5)
     ev32 = fp32.kernels()
     assert ev32.int8 == 0 and ev32.fp32 == N_LINEARS + 4
+
+
+def test_op_times_split_by_kind(models):
+    """Inductor's profiling copy books the oneDNN int8 GEMMs, the fp32 attention matmuls and softmax, and the
+    fused LayerNorm kernels by kind; the Python glue of the compiled graph is other."""
+    _, fq = models
+    inputs = {k: v.numpy() for k, v in make_batch(2, 16, seed=4).items()}
+    between = []
+    calls = InductorBackend().op_times(LogitsOnly(fq, NAMES), 1, "int8", inputs, 2, lambda: between.append(1))
+    assert len(calls) == 2 and len(between) == 2
+    for c in calls:
+        assert c["gemm"] > 0 and c["attention"] > 0 and c["norm_act"] > 0 and c["other"] > 0, c

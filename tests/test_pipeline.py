@@ -83,12 +83,13 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
     assert "| variant | agreement with fp32 | accuracy |" in md  # fidelity is the first column
     assert "## Throughput (sequences/s, from the same medians)" in md and "| variant | 2x16 1t |" in md
-    # the engine's profiler beside the end-to-end median, for the engine's variants; the int8 GEMM limit
-    for name in (f"{engine}-fp32", sel["chosen"]):
+    # the engine's profiler beside the end-to-end median, for the engine's variants and the PyTorch baseline
+    # (torch.profiler); the int8 GEMM limit
+    for name in (f"{engine}-fp32", sel["chosen"], "pytorch-fp32"):
         cell = by_name[name]["profile"][0]
         assert (cell["batch"], cell["seq_len"], cell["threads"]) == (1, 16, 1) and cell["gemm"] > 0
         assert cell["end_to_end"] > 0 and cell["outside"] >= 0
-    assert "profile" not in by_name["pytorch-fp32"]
+    assert "profile" not in by_name["pytorch-fakequant"]  # not timed, not profiled
     (limit,) = rep["limits"]
     assert limit["engine"] == engine and limit["peaks"][0]["peak_gmac_s"] > 0
     assert [r["name"] for r in limit["rows"] if r["batch"] == 1] == [v["name"] for v in rep["variants"]
@@ -131,8 +132,8 @@ def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> No
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert {v["name"] for v in bench["variants"]} == {"pytorch-fp32", "openvino-fp32", "openvino-int8",
                                                       "onnxruntime-fp32", "onnxruntime-int8"}
-    # each engine's profiler split per variant and its int8 GEMM limit; PyTorch has no profiler here
-    assert all(len(v.get("profile", [])) == (v["engine"] != "pytorch") for v in bench["variants"])
+    # each variant's profiler split (torch.profiler for PyTorch) and each engine's int8 GEMM limit
+    assert all(len(v.get("profile", [])) == 1 for v in bench["variants"])
     assert [(lim["engine"], [r["name"] for r in lim["rows"]]) for lim in bench["limits"]] == [
         ("openvino", ["openvino-int8"]), ("onnxruntime", ["onnxruntime-int8"])]
     assert "of the measured int8 peak" in res.stdout

@@ -8,6 +8,7 @@ from ptqkit import peers, roofline
 from ptqkit.backends import get_backend
 from ptqkit.backends.base import OP_KINDS
 from ptqkit.backends.openvino import op_kind
+from ptqkit.backends.pytorch import TorchRunner, eager_profiler, event_kind
 from ptqkit.bench import Shape, synthetic_inputs
 from ptqkit.export import export_onnx
 from ptqkit.profile import profile_cell
@@ -102,6 +103,37 @@ def test_openvino_books_every_fully_connected_executor_as_gemm(onnx_files, tmp_p
     assert "FullyConnectedQuantizedLegacy" in fully_connected, executed
     assert {op_kind(t) for t in fully_connected} == {"gemm"}
     assert op_kind("Gather") == "other" and op_kind("MVN") == "norm_act"
+
+
+@pytest.mark.parametrize("model", ["fp32", "dynamic-int8"])
+def test_eager_op_times_split_by_kind(model):
+    """torch.profiler's top-level aten ops of an eager call, by kind: linears (float or torch.ao dynamic int8),
+    attention matmuls and softmax, LayerNorm/GELU/adds; Python between them is left to outside."""
+    module = tiny_bert()
+    if model == "dynamic-int8":
+        module = peers.pytorch_dynamic_int8(module, NAMES).build(1).model
+    inputs = synthetic_inputs(Shape(2, 32), 100, NAMES)
+    between = []
+    calls = eager_profiler(module, NAMES)(1, inputs, 3, lambda: between.append(1))
+    assert len(calls) == 3 and len(between) == 3
+    for c in calls:
+        assert set(c) == set(OP_KINDS)
+        assert c["gemm"] > 0 and c["attention"] > 0 and c["norm_act"] > 0, c
+    cell = profile_cell(eager_profiler(module, NAMES), TorchRunner(module, NAMES, 1), inputs, Shape(2, 32), 1, 3)
+    assert all(0 < cell[k] <= cell["engine"] for k in ("gemm", "attention", "norm_act"))
+    assert cell["outside"] >= 0 and cell["end_to_end"] > 0
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("aten::linear", "gemm"), ("quantized::linear_dynamic", "gemm"), ("onednn::qlinear_pointwise", "gemm"),
+    ("mkl::_mkl_linear", "gemm"), ("graph_0_cpp_fused_addmm_view_1", "gemm"),
+    ("aten::scaled_dot_product_attention", "attention"), ("aten::matmul", "attention"), ("aten::bmm", "attention"),
+    ("graph_0_cpp_fused__softmax__to_copy_add_arange_2", "attention"),
+    ("graph_0_cpp_fused_add_addmm_clone_native_layer_norm_5", "norm_act"), ("aten::gelu", "norm_act"),
+    ("aten::add", "norm_act"), ("aten::embedding", None), ("Torch-Compiled Region: 0/0", None),
+])
+def test_event_kind(name, kind):
+    assert event_kind(name) == kind
 
 
 def test_gemm_macs_from_config():

@@ -94,18 +94,20 @@ def table(rep: dict) -> str:
 
 
 def time_split(rep: dict) -> list[str]:
-    """Where one thread's time goes for our chosen int8 and the int8 peers: the engine's profiler split by op kind,
-    and the GEMMs' rate as a share of the engine's measured int8 GEMM peak (report.json `profile`, `limits`)."""
+    """Where one thread's time goes for the PyTorch fp32 baseline, our chosen int8 and the int8 peers: the engine's
+    profiler split by op kind, and the GEMMs' rate as a share of the engine's measured int8 GEMM peak (report.json
+    `profile`, `limits`)."""
     share = {(r["name"], r["batch"], r["seq_len"], r["threads"]): r for lim in rep.get("limits", []) for r in lim.get("rows", [])}
     peaks = {(lim["engine"], p["threads"]): p["peak_gmac_s"] for lim in rep.get("limits", []) for p in lim.get("peaks", [])}
     chosen = (rep.get("backend_selection") or {}).get("chosen")
     ours = [v["name"] for v in rep["variants"] if not v.get("peer") and v["precision"].startswith("int8")
             and v.get("latency_ms") and (chosen is None or v["name"] == chosen)]
-    shown = [v for v in rep["variants"] if v.get("profile") and (v["name"] in ours or (v.get("peer") and "int8" in v["precision"]))]
+    shown = [v for v in rep["variants"] if v.get("profile") and (v["name"] in ("pytorch-fp32", *ours)
+                                                                  or (v.get("peer") and "int8" in v["precision"]))]
     if not shown:
         return []
-    lines = ["", "Where one thread's time goes (engine profiler, median ms; GEMM share = model GEMM MACs / profiled GEMM "
-             "time / the engine's measured int8 GEMM peak):", "",
+    lines = ["", "Where one thread's time goes (engine profiler, torch.profiler for PyTorch; median ms; GEMM share = "
+             "model GEMM MACs / profiled GEMM time / the engine's measured int8 GEMM peak):", "",
              "| variant | cell | end-to-end | engine | GEMM | attention | norm/act | other | outside | GEMM share of peak |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for v in shown:

@@ -34,6 +34,7 @@ import functools
 import time
 import warnings
 from collections import Counter
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ import torch
 from ..errors import UserError
 from ..qmodel import LogitsOnly, QuantAttention, QuantLinear, channel_multiply
 from .base import MODULE, Engine, Inputs, KernelEvidence
+from .pytorch import profile_calls
 
 PRECISIONS = ("fp32", "int8")
 # Inductor counters that show the int8 rewrite happened (deltas per compile go into KernelEvidence.details)
@@ -183,6 +185,7 @@ class InductorRunner:
         self.input_names = wrapper.input_names
         self.threads = threads
         self.precision = precision
+        self.kernel_profile = False  # set on Engine.op_times' copy: its generated kernels record profiler events
         self.wrapper = wrapper.eval()
         self._program = None  # torch.export program with dynamic batch/seq, exported on first compile
         self._compiled: dict[tuple, object] = {}
@@ -216,8 +219,9 @@ class InductorRunner:
         compiled = torch.compile(program.module(), dynamic=False, fullgraph=True)
         # freezing makes weights constants (needed for the int8 weight-prepack patterns); the FX graph cache is
         # off so the passes, and hence the evidence, run on every compile
-        with inductor_config.patch(freezing=True, fx_graph_cache=False,
-                                   post_grad_custom_post_pass=lambda g: _count_ops(g, ops)), \
+        with inductor_config.patch({"freezing": True, "fx_graph_cache": False,
+                                    "cpp.enable_kernel_profile": self.kernel_profile,
+                                    "post_grad_custom_post_pass": lambda g: _count_ops(g, ops)}), \
                 torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")  # Inductor's own w_zp copy
             out = compiled(*args)
@@ -275,6 +279,7 @@ class InductorBackend(Engine):
     requires = "torch"
     takes = MODULE
     fixed_shapes = True  # compiles one graph per input shape (slow): not an --backend auto candidate
+    profiled = True
 
     def compile(self, model: LogitsOnly, threads: int, precision: str = "fp32") -> InductorRunner:
         """fp32: the float HF model. int8: the converted model (rewritten with to_qdq_module) or its QDQ form;
@@ -294,3 +299,11 @@ class InductorBackend(Engine):
         elif any(isinstance(m, (QuantLinear, QDQLinear)) for m in inner.modules()):
             raise UserError("inductor fp32 takes the float model, not a quantized one")
         return InductorRunner(LogitsOnly(inner, model.input_names), threads, precision)
+
+    def op_times(self, model: LogitsOnly, threads: int, precision: str, inputs: Inputs, calls: int,
+                 between: Callable[[], None] | None = None) -> list[dict[str, float]]:
+        """From torch.profiler on a copy compiled with cpp.enable_kernel_profile (each generated kernel records an
+        event; pytorch.EVENT_KINDS names their kinds). The warm-up call compiles it: tens of seconds per shape."""
+        runner = self.compile(model, threads, precision)
+        runner.kernel_profile = True
+        return profile_calls(lambda: runner(inputs), calls, between)
