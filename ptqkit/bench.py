@@ -11,6 +11,12 @@ import numpy as np
 from .backends.base import Inputs, Runner
 from .sysinfo import usable_cores
 
+# Pause before each timed call of a multi-thread cell. An engine's idle worker threads keep spinning for a while after
+# its call (PyTorch's OpenMP pool does by default), and on a machine with no spare core they steal from the engine
+# timed next: OpenVINO's 2-thread call right after a PyTorch call is far slower without the pause than with it
+# (tools/spin_probe.py). A real deployment runs one engine, so each call should start with the others idle.
+SETTLE_S = 0.01
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -37,6 +43,7 @@ class BenchConfig:
     rounds: int = 30
     time_budget_s: float | None = None  # stop a (shape, threads) cell early once this much time has passed
     profile_calls: int = 10  # profiled calls per cell for the engine-time split and the int8 limit (0: none)
+    settle_s: float = SETTLE_S  # idle before each timed call of a multi-thread cell (see SETTLE_S)
 
 
 def parse_shapes(text: str) -> tuple[Shape, ...]:
@@ -92,8 +99,10 @@ def synthetic_inputs(shape: Shape, vocab_size: int, input_names: tuple[str, ...]
     return inputs
 
 
-def time_interleaved(runners: Mapping[str, Runner], inputs: Inputs, cfg: BenchConfig) -> dict[str, list[float]]:
-    """Milliseconds per call for each runner, round-robin after a warm-up."""
+def time_interleaved(runners: Mapping[str, Runner], inputs: Inputs, cfg: BenchConfig,
+                     settle_s: float = 0.0) -> dict[str, list[float]]:
+    """Milliseconds per call for each runner, round-robin after a warm-up; `settle_s` idles before each timed call
+    (BenchConfig.settle_s in multi-thread cells)."""
     for run in runners.values():
         for _ in range(cfg.warmup):
             run(inputs)
@@ -101,6 +110,8 @@ def time_interleaved(runners: Mapping[str, Runner], inputs: Inputs, cfg: BenchCo
     start = time.perf_counter()
     for _ in range(cfg.rounds):
         for name, run in runners.items():
+            if settle_s:
+                time.sleep(settle_s)
             t0 = time.perf_counter()
             run(inputs)
             samples[name].append((time.perf_counter() - t0) * 1e3)

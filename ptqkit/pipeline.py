@@ -437,7 +437,7 @@ def measure_latency(builders: dict, ld: Loaded, bench: BenchConfig,
         runners = {name: build(threads) for name, build in builders.items()}
         for shape in bench.shapes:
             inputs = synthetic_inputs(shape, vocab, ld.input_names)
-            for name, samples in time_interleaved(runners, inputs, bench).items():
+            for name, samples in time_interleaved(runners, inputs, bench, bench.settle_s if threads > 1 else 0.0).items():
                 out[name]["latency_ms"].append(summarize(samples, shape, threads))
             for name, op_times in profilers.items():
                 if "profile_error" in out[name]:

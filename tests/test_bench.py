@@ -1,9 +1,14 @@
-"""Timing flags: shape lists, thread lists and the `server` preset become the BenchConfig the pipeline times."""
+"""Timing flags: shape lists, thread lists and the `server` preset become the BenchConfig the pipeline times; the
+interleaved timing loop."""
 from __future__ import annotations
+
+import time
+from types import SimpleNamespace
 
 import pytest
 
-from ptqkit.bench import SERVER_SHAPES, BenchConfig, Shape, bench_config, summarize
+from ptqkit import pipeline
+from ptqkit.bench import SERVER_SHAPES, SETTLE_S, BenchConfig, Shape, bench_config, summarize, time_interleaved
 from ptqkit.sysinfo import usable_cores
 from ptqkit.cli import add_bench_flags, parser
 from ptqkit.errors import UserError
@@ -47,3 +52,30 @@ def test_throughput_is_computed_from_the_printed_median() -> None:
     assert rec["median"] == 41.161 and rec["throughput_seq_s"] == round(1e3 / 41.161, 2) == 24.29
     batch = summarize([300.0004, 300.0006], Shape(32, 128), 2)
     assert batch["median"] == 300.0 and batch["throughput_seq_s"] == round(32e3 / 300.0, 2)
+
+
+def test_settle_pause_idles_before_each_call_and_is_not_timed() -> None:
+    starts: list[float] = []
+
+    def runner(inputs):
+        starts.append(time.perf_counter())
+        time.sleep(0.001)
+
+    samples = time_interleaved({"a": runner, "b": runner}, {}, BenchConfig(warmup=0, rounds=3), settle_s=0.02)
+    assert all(len(v) == 3 for v in samples.values())
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.02  # every call waits for the others' threads to idle
+    assert max(max(v) for v in samples.values()) < 15  # ms: the pause is not part of a call's time
+
+
+def test_only_multi_thread_cells_settle(monkeypatch) -> None:
+    """bert_ptq.py pauses settle_s before each call of a multi-thread cell; one-thread cells run back to back."""
+    seen = []
+    monkeypatch.setattr(pipeline, "time_interleaved",
+                        lambda runners, inputs, bench, settle_s=0.0: seen.append(settle_s) or {n: [1.0] for n in runners})
+
+    loaded = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vocab_size=100)), input_names=("input_ids",))
+    bench = BenchConfig(shapes=(Shape(1, 8),), threads=(1, 2), profile_calls=0)
+    out = pipeline.measure_latency({"x": lambda t: (lambda inputs: None)}, loaded, bench)
+    assert seen == [0.0, bench.settle_s] and bench.settle_s == SETTLE_S > 0
+    assert [c["threads"] for c in out["x"]["latency_ms"]] == [1, 2]
+

@@ -75,7 +75,10 @@ def table(rep: dict) -> str:
     lines = [f"#### {cpu['int8_isa']}, {rep['model']}: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])})", "",
              f"`{rep.get('command', 'bert_ptq.py')}`; {versions}; "
              + (f"{rep['eval_examples']} validation sentences; " if rep["eval_examples"] else "timing only (no evaluation); ")
-             + f"median ms of {rounds} interleaved rounds (batched cells also in sequences/s).", ""]
+             + f"median ms of {rounds} interleaved rounds"
+             + (f", {bench['settle_s'] * 1e3:.0f} ms idle before each call of a multi-thread cell"
+                if bench.get("settle_s") and max(bench["threads"]) > 1 else "")
+             + " (batched cells also in sequences/s).", ""]
     if sel:
         lines += [f"`--backend auto` chose **{sel['chosen']}**: " + "; ".join(describe(c) for c in sel["candidates"]) + ".", ""]
     head = " | ".join(f"{b}x{s} {t}t" for b, s, t in cells)
