@@ -103,10 +103,19 @@ def _fold_weight_quantization(graph) -> None:
 
 def export_torchscript(model: torch.nn.Module, input_names: tuple[str, ...], example: dict, path: str | Path) -> Path:
     """The reference's step 4: torch.jit.trace + freeze-free save (shapes traced at the example's size)."""
+    from transformers.utils import logging as hf_logging
+
     wrapper = LogitsOnly(model, input_names).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapper, tuple(example[n] for n in input_names), check_trace=False)
+    # jit.trace probes every attribute of every submodule; on BertModel that reads transformers' loss_function
+    # property, which then told users it would train a sequence classifier with a causal-LM loss
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(wrapper, tuple(example[n] for n in input_names), check_trace=False)
+    finally:
+        hf_logging.set_verbosity(level)
     with artifacts.atomic_path(path) as tmp:
         torch.jit.save(traced, str(tmp))
     return Path(path)

@@ -76,6 +76,29 @@ def test_torchscript_round_trip(quantized, tmp_path):
         assert torch.equal(out, logits(eager, batch))
 
 
+
+def test_torchscript_export_prints_no_loss_warning(quantized, tmp_path):
+    """jit.trace's attribute walk read transformers' loss_function property, which printed a warning about a
+    causal-LM loss into every main run; the export keeps transformers' logger quiet and restores its level."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    _, _, eager, _ = quantized
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    root = hf_logging.get_logger("transformers")
+    hf_logging.get_logger("transformers.modeling_utils").warning_once.cache_clear()  # earlier tests may have shown it
+    level = hf_logging.get_verbosity()
+    root.addHandler(handler)
+    try:
+        export_torchscript(eager, NAMES, make_batch(1, 8, seed=2), tmp_path / "int8.pt")
+    finally:
+        root.removeHandler(handler)
+    assert not [r for r in records if "loss_type" in r.getMessage()]
+    assert hf_logging.get_verbosity() == level
+
 def _out_axis(consumer, input_index: int) -> int:
     """Which axis of the weight feeding `consumer` holds the output features."""
     if consumer.op_type == "MatMul":
