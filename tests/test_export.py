@@ -76,7 +76,6 @@ def test_torchscript_round_trip(quantized, tmp_path):
         assert torch.equal(out, logits(eager, batch))
 
 
-
 def test_torchscript_export_prints_no_loss_warning(quantized, tmp_path):
     """jit.trace's attribute walk read transformers' loss_function property, which printed a warning about a
     causal-LM loss into every main run; the export keeps transformers' logger quiet and restores its level."""
@@ -98,6 +97,7 @@ def test_torchscript_export_prints_no_loss_warning(quantized, tmp_path):
         root.removeHandler(handler)
     assert not [r for r in records if "loss_type" in r.getMessage()]
     assert hf_logging.get_verbosity() == level
+
 
 def _out_axis(consumer, input_index: int) -> int:
     """Which axis of the weight feeding `consumer` holds the output features."""

@@ -46,18 +46,18 @@ def rewrite_gelu(src: Path, dst: Path, activation: str) -> Path:
         if tuple(n.op_type for n in chain) != ERF_GELU:
             raise SystemExit(f"error: {src.name}: the GELU at {erf.name} is not the exported erf pattern")
         x, last = div.input[0], chain[-1]
-        dropped.update(id(n) for n in chain)
+        dropped.update(id(n) for n in chain[:-1])
         replaced[id(last)] = (helper.make_node("Relu", [x], [last.output[0]], name=last.name + "_relu")
                               if activation == "relu" else
                               helper.make_node("Gelu", [x], [last.output[0]], name=last.name + "_gelu_tanh",
                                                approximate="tanh"))
+    if not replaced:
+        raise SystemExit(f"error: {src.name} has no erf GELU to rewrite")
     model.graph.ClearField("node")
-    model.graph.node.extend(replaced.get(id(n), n) for n in nodes if id(n) in replaced or id(n) not in dropped)
+    model.graph.node.extend(replaced.get(id(n), n) for n in nodes if id(n) not in dropped)
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             opset.version = max(opset.version, 20)
-    if not replaced:
-        raise SystemExit(f"error: {src.name} has no erf GELU to rewrite")
     onnx.save(model, str(dst))
     return dst
 
@@ -65,23 +65,19 @@ def rewrite_gelu(src: Path, dst: Path, activation: str) -> Path:
 def linear_times(path: Path, precision: str, inputs: dict, calls: int) -> dict[str, tuple[tuple, list[float]]]:
     """Per FullyConnected node: (in features, out features, whether it runs per token), ms per call (performance
     counters, after one warm-up call). A 2-D input is one row per sequence (pooler, classifier)."""
-    import numpy as np
+    from ptqkit.backends.openvino import perf_counters
 
-    from ptqkit.backends.openvino import _compile
-
-    compiled, names = _compile(path, 1, precision, {"PERF_COUNT": True})
+    compiled, per_call = perf_counters(path, 1, precision, inputs, calls)
     kinds = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         if op.get_rt_info()["layerType"].astype(str) == "FullyConnected":
             out_features, in_features = op.inputs()[1].get_partial_shape().to_shape()
             per_token = op.inputs()[0].get_partial_shape().rank.get_length() > 2
             kinds[op.get_friendly_name()] = (in_features, out_features, per_token)
-    request, feed = compiled.create_infer_request(), {n: np.ascontiguousarray(inputs[n]) for n in names}
     times = defaultdict(list)
-    for i in range(calls + 1):
-        request.infer(feed, share_inputs=True, share_outputs=True)
-        for info in request.profiling_info if i else ():
-            if info.node_name in kinds and info.status == info.Status.EXECUTED:
+    for infos in per_call:
+        for info in infos:
+            if info.node_name in kinds:
                 times[info.node_name].append(info.real_time.total_seconds() * 1e3)
     return {name: (kinds[name], t) for name, t in times.items()}
 

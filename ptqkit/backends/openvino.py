@@ -89,25 +89,34 @@ class OpenVINOBackend(Engine):
 
         Weight matmuls run as FullyConnected nodes (bias, activation and requantization fused in); the plugin fuses
         Q.K^T, softmax and P.V into one Subgraph node, so a node whose original layers hold a Softmax is attention."""
-        compiled, names = _compile(model_path, threads, precision, {"PERF_COUNT": True})
+        compiled, per_call = perf_counters(model_path, threads, precision, inputs, calls, between)
         attention = {op.get_friendly_name() for op in compiled.get_runtime_model().get_ordered_ops()
                      if "Softmax" in _rt(op, "originalLayersNames")}
-        request = compiled.create_infer_request()
-        feed = {n: np.ascontiguousarray(inputs[n]) for n in names}
         out = []
-        for i in range(calls + 1):
-            request.infer(feed, share_inputs=True, share_outputs=True)
-            if i == 0:  # warm-up
-                continue
+        for infos in per_call:
             kinds = dict.fromkeys(OP_KINDS, 0.0)
-            for info in request.profiling_info:
-                if info.status == info.Status.EXECUTED:
-                    kind = "attention" if info.node_name in attention else op_kind(info.node_type)
-                    kinds[kind] += info.real_time.total_seconds() * 1e3
+            for info in infos:
+                kind = "attention" if info.node_name in attention else op_kind(info.node_type)
+                kinds[kind] += info.real_time.total_seconds() * 1e3
             out.append(kinds)
-            if between:
-                between()
         return out
+
+
+def perf_counters(model_path: str | Path, threads: int, precision: str, inputs: Inputs, calls: int,
+                  between: Callable[[], None] | None = None) -> tuple[object, list[list]]:
+    """The model compiled with PERF_COUNT, and per call (after one warm-up call, on a request of its own) the CPU
+    plugin's performance counters of the nodes it executed; `between` runs after each counted call."""
+    compiled, names = _compile(model_path, threads, precision, {"PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    feed = {n: np.ascontiguousarray(inputs[n]) for n in names}
+    request.infer(feed, share_inputs=True, share_outputs=True)  # warm-up
+    per_call = []
+    for _ in range(calls):
+        request.infer(feed, share_inputs=True, share_outputs=True)
+        per_call.append([i for i in request.profiling_info if i.status == i.Status.EXECUTED])
+        if between:
+            between()
+    return compiled, per_call
 
 
 # Performance-counter node type -> op kind (others: "other", e.g. Gather, Transpose, Reshape, FakeQuantize, Convert)
