@@ -315,8 +315,8 @@ def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -
         except Exception as e:  # noqa: BLE001 - a peer never takes the run down
             found.append(Variant(mark_failed({"name": name, "peer": True}, e), None))
             continue
-        found.append(Variant({"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}, p.build,
-                             op_times=p.op_times))
+        record = {"name": p.name, "engine": p.engine, "precision": p.precision, "peer": True}
+        found.append(Variant(record | ({"note": p.note} if p.note else {}), p.build, op_times=p.op_times))
     return found
 
 

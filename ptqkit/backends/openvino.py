@@ -65,6 +65,15 @@ class OpenVINORunner:
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "int8-bf16": None, "bf16": "bf16"}
 
 
+def default_int8_precision() -> str:
+    """The int8 variant that computes as a plain `core.compile_model(model, "CPU")` does: "int8-bf16" where the CPU
+    plugin's default inference precision is bf16 (x86 with avx512_bf16 or AMX), else "int8" (f32 outside int8; on
+    aarch64, whose default is f16, f32 as the ARM check ran). Peers run in it: it is what their users get."""
+    import openvino as ov
+
+    return "int8-bf16" if ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "int8"
+
+
 class OpenVINOBackend(Engine):
     name = "openvino"
     requires = "openvino"
