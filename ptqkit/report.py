@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from .bench import BenchConfig
 from .selection import describe
-from .sysinfo import cpu_info, versions
+from .sysinfo import cpu_info, cpu_label, versions
 
 
 def build(device: str, model: str, task: str, eval_examples: int, variants: list[dict], bench: BenchConfig) -> dict:
@@ -236,7 +236,7 @@ def plot(rep: dict, path) -> None:
         ax.scatter(x, y, s=60, linewidths=1.5, **style)
     ax.set_xlabel(f"median latency, ms ({cell})")
     ax.set_ylabel(metric)
-    ax.set_title(f"{rep['model']} on {rep['task']}: accuracy vs latency ({rep['cpu'].get('int8_isa', '')})")
+    ax.set_title(f"{rep['model']} on {rep['task']}: accuracy vs latency\n{cpu_label(rep['cpu'])}", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()

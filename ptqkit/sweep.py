@@ -32,6 +32,7 @@ from .errors import UserError
 from .evaluation import evaluate, predict_logits
 from .models import load_model
 from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, load
+from .sysinfo import cpu_info, cpu_label
 
 SWEEP_BACKENDS = tuple(n for n in ENGINES if engine_class(n).takes == ONNX)  # engines that compile exported files
 RECIPE_KEYS = ("calib_method", "smoothquant", "max_accuracy_drop", "backend")
@@ -352,7 +353,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     within = [r for r in front if r["holdout"]["drop_pt"] <= cfg.choose_within]
     chosen = min(within, key=lambda r: r["final"]["latency_ms"]) if within else None
     rep = {
-        "model": ld.model_name, "task": ld.task.name, "device": cfg.run.device, "metric": metric,
+        "model": ld.model_name, "task": ld.task.name, "device": cfg.run.device, "cpu": cpu_info(), "metric": metric,
         "holdout_examples": cfg.holdout, "validation_examples": len(ld.val_labels), "choose_within_pt": cfg.choose_within,
         "fp32": {"holdout": fp32_holdout, "validation": final["fp32_validation"]},
         "recipes": records,
@@ -424,6 +425,7 @@ def markdown(rep: dict) -> str:
     m = rep["metric"]
     chosen = rep["chosen"]["label"] if rep["chosen"] else None
     lines = [f"# Recipe sweep: {rep['model']} on {rep['task']} ({rep['device']}), {rep['workers']} worker(s)", "",
+             f"CPU: {cpu_label(rep['cpu'])}.", "",
              f"Holdout: {rep['holdout_examples']} train examples (never validation); fp32 {m} "
              f"{rep['fp32']['holdout'][m]:.4f}. Trial latency: int8 median ms at {rep['retimed']['shape']}, one "
              f"thread per CPU of the trial, on whichever node ran it (not comparable across nodes).", "",
@@ -469,7 +471,7 @@ def plot(rep: dict, path: Path) -> None:
     ax.axhline(rep["fp32"]["holdout"][m], color="grey", linestyle="--", linewidth=1, label="fp32 (PyTorch)")
     ax.set_xlabel(f"int8 median latency in the trial, ms ({rep['retimed']['shape']})")
     ax.set_ylabel(f"holdout {m}")
-    ax.set_title(f"{rep['model']}: recipe sweep (o = Pareto front)")
+    ax.set_title(f"{rep['model']}: recipe sweep (o = Pareto front)\n{cpu_label(rep['cpu'])}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

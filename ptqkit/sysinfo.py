@@ -57,6 +57,11 @@ def cpu_info() -> dict:
             **int8_isa_info(flags)}
 
 
+def cpu_label(cpu: dict) -> str:
+    """The CPU a figure came from, for its title: model and int8 level."""
+    return f"{cpu['model']} ({cpu['arch']}, int8 ISA {cpu.get('int8_isa', '?')})"
+
+
 def classify_int8_isa(arch: str, flags: set[str], onednn_cap: str | None = None) -> str:
     """The int8 level from CPU flags, capped by ONEDNN_MAX_CPU_ISA (engines built on oneDNN honour it)."""
     if arch in ("aarch64", "arm64"):
