@@ -425,7 +425,7 @@ def markdown(rep: dict) -> str:
     m = rep["metric"]
     chosen = rep["chosen"]["label"] if rep["chosen"] else None
     lines = [f"# Recipe sweep: {rep['model']} on {rep['task']} ({rep['device']}), {rep['workers']} worker(s)", "",
-             f"CPU: {cpu_label(rep['cpu'])}.", "",
+             f"CPU of the driver's node, where the Pareto front is re-timed: {cpu_label(rep['cpu'])}.", "",
              f"Holdout: {rep['holdout_examples']} train examples (never validation); fp32 {m} "
              f"{rep['fp32']['holdout'][m]:.4f}. Trial latency: int8 median ms at {rep['retimed']['shape']}, one "
              f"thread per CPU of the trial, on whichever node ran it (not comparable across nodes).", "",
@@ -471,7 +471,8 @@ def plot(rep: dict, path: Path) -> None:
     ax.axhline(rep["fp32"]["holdout"][m], color="grey", linestyle="--", linewidth=1, label="fp32 (PyTorch)")
     ax.set_xlabel(f"int8 median latency in the trial, ms ({rep['retimed']['shape']})")
     ax.set_ylabel(f"holdout {m}")
-    ax.set_title(f"{rep['model']}: recipe sweep (o = Pareto front)\n{cpu_label(rep['cpu'])}", fontsize=10)
+    ax.set_title(f"{rep['model']}: recipe sweep (o = Pareto front)\ndriver: {cpu_label(rep['cpu'])}", fontsize=10)
+    ax.margins(x=0.15)  # room for the rightmost point's label
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -78,7 +78,7 @@ def test_two_recipe_sweep_and_a_failing_recipe(tmp_path: Path, tiny_model_dir: P
     assert set(rep["chosen"]["final"]) == {"validation", "latency_ms"}
     assert {"openvino-fp32", "onnxruntime-fp32"} >= set(rep["retimed"]["fp32_ms"])
     assert (tmp_path / "sweep.md").is_file() and (tmp_path / "sweep.png").is_file()
-    assert f"CPU: {rep['cpu']['model']} " in (tmp_path / "sweep.md").read_text()  # latencies say where they came from
+    assert f"re-timed: {rep['cpu']['model']} (" in (tmp_path / "sweep.md").read_text()  # where latencies came from
 
 
 def _trial_results(out: Path) -> dict[str, str]:
