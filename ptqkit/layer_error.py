@@ -69,6 +69,10 @@ def layer_errors(model: nn.Module, q: Quantizer, batches: list[dict]) -> list[La
     fq = q.convert(model)
     names = [p.name for p in q.quantized_points() if p.kind == "linear"]
     fp_mods, fq_mods = linear_modules(model, names), linear_modules(fq, names)
+    # the float weights the quantizer holds (runtime smoothing's column scaling and QAT included): a QuantLinear's
+    # own weight is already snapped onto a grid narrower than its storage (7-bit weights), so the activation side
+    # alone must not read it
+    float_weights = dict(q.graph.named_parameters())
     sums = {n: _Sums() for n in names}
     for batch in batches:
         seen_fp: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -87,7 +91,8 @@ def layer_errors(model: nn.Module, q: Quantizer, batches: list[dict]) -> list[La
             wq = m.quantized_weight()
             xq = m.quantized_input(x)
             xs = m.smoothed_input(x)  # runtime SmoothQuant's multiply: the weight columns carry its inverse
-            outs = {"weight": xs @ wq, "act": xq @ m.weight.t(), "local": xq @ wq, "cumulative": seen_fq[n]}
+            outs = {"weight": xs @ wq, "act": xq @ float_weights[f"{n}.weight"].t(), "local": xq @ wq,
+                    "cumulative": seen_fq[n]}
             bias = m.bias if m.bias is not None else 0.0
             ref = token_mask(batch, y)
             s = sums[n]

@@ -17,6 +17,7 @@ from ptqkit.passes import observer_key
 from ptqkit.pipeline import AUTO_INT8_ATTENTION, int8_attention
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
+from ptqkit.sysinfo import SATURATING_ISAS, host_int8_isa
 from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
 
 LAYERS = 2
@@ -117,8 +118,12 @@ def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(onnx_path):
 def test_engines_run_int8_attention(engine, q, onnx_path):
     runner = get_backend(engine).compile(onnx_path, 1, "int8")
     ev = runner.kernels()
-    if engine == "openvino":  # each attention block is one fused subgraph, run in int8
+    if engine == "openvino" and host_int8_isa() not in SATURATING_ISAS:
+        # each attention block is one fused subgraph, run in int8 (jit_avx512_i8)
         assert ev.details.get("AttentionSubgraph:i8") == LAYERS and ev.int8 == N_LINEARS + LAYERS, ev.details
+    elif engine == "openvino":  # without VNNI the plugin fuses no attention block: each matmul runs as an int8 MatMul
+        assert ev.details.get("AttentionSubgraph:i8") is None and ev.fp32 == 0, ev.details
+        assert ev.int8 == N_LINEARS + ATTENTION_MATMULS, ev.details
     else:  # every MatMul, attention included, became an int8 op
         assert ev.int8 == N_LINEARS + ATTENTION_MATMULS and ev.fp32 == 0, ev.details
     ref = logits(q.graph, EVAL).numpy()
@@ -146,9 +151,12 @@ def test_unsupported_attention_is_a_user_error(q, bert, monkeypatch):
 def test_int8_attention_choice():
     assert int8_attention(RunConfig(int8_attention="on", device="aarch64"))
     assert not int8_attention(RunConfig(int8_attention="off", backend="openvino"))
-    assert int8_attention(RunConfig(backend="auto")) is AUTO_INT8_ATTENTION
+    vnni = "avx512_vnni"  # auto: on x86 with VNNI only (pipeline.int8_attention)
+    assert int8_attention(RunConfig(backend="auto", isa=vnni)) is AUTO_INT8_ATTENTION
+    assert not int8_attention(RunConfig(backend="auto", isa="avx2"))
+    assert int8_attention(RunConfig(backend="auto")) is (AUTO_INT8_ATTENTION and host_int8_isa() not in SATURATING_ISAS)
     for name in ("openvino", "onnxruntime", "inductor"):
-        assert int8_attention(RunConfig(backend=name)) is get_backend(name).int8_attention
+        assert int8_attention(RunConfig(backend=name, isa=vnni)) is get_backend(name).int8_attention
         assert not int8_attention(RunConfig(backend=name, device="aarch64"))
         assert not int8_attention(RunConfig(backend=name, isa="avx2"))
     with pytest.raises(UserError, match="--int8-attention"):

@@ -1,15 +1,18 @@
 """The per-layer output error report on the tiny BERT: every linear, worst first, each side of the error bounded."""
 from __future__ import annotations
 
+import pytest
+
 from ptqkit.config import QuantConfig
 from ptqkit.layer_error import format_table, layer_errors
 from ptqkit.quantizer import Quantizer, run_calibration
 from tiny import N_LINEARS, make_batch, tiny_bert
 
 
-def test_layer_report_covers_every_linear_worst_first():
+@pytest.mark.parametrize("isa", ["avx2", "avx512_vnni"])  # 7-bit weights (snapped in the converted model), 8-bit
+def test_layer_report_covers_every_linear_worst_first(isa):
     model, batches = tiny_bert(), [make_batch(8, 16, 200 + i) for i in range(4)]
-    q = Quantizer(config=QuantConfig.for_device("x86"))
+    q = Quantizer(config=QuantConfig.for_device("x86", isa=isa))
     run_calibration(q.calib(model), batches)
     q.quantize()
     errors = layer_errors(model, q, batches)
