@@ -33,6 +33,7 @@ def _cfg(artefacts: Path, tiny_model_dir: Path, path: Path, out: Path, **kw) -> 
                       max_seq_len=32, batch_size=64, predictions=True, **kw)
 
 
+@pytest.mark.slow  # a local Ray cluster and 10,000 rows twice: ~35 s on a 2-core AVX2 machine
 def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, tmp_path: Path) -> None:
     rng = random.Random(3)
     path = tmp_path / "rows.csv"

@@ -113,6 +113,7 @@ def test_auto_fallback_extremes(user_cfg: RunConfig, budget: float, everything: 
     assert len(q.quantized_points()) == len(q.points) - expected
 
 
+@pytest.mark.slow  # three CLI processes, each loading torch and both engines: ~55 s on a 2-core AVX2 machine
 def test_step_clis_calib_export_bench(user_cfg: RunConfig, tmp_path: Path) -> None:
     """calib.py -> export.py -> bench.py as separate, resumable processes."""
     common = ["--model", user_cfg.model, "--train-file", user_cfg.train_file, "--validation-file", user_cfg.validation_file,

@@ -55,6 +55,7 @@ def test_pareto_front_keeps_undominated() -> None:
     assert pareto_front([a, b, c, d, {"status": "failed"}], "accuracy") == [a, b, d]
 
 
+@pytest.mark.slow  # a local Ray cluster and three Tune trials: ~65 s on a 2-core AVX2 machine
 def test_two_recipe_sweep_and_a_failing_recipe(tmp_path: Path, tiny_model_dir: Path, task_files) -> None:
     """Two good recipes and one with a bad calibration method: the bad one fails alone, with its one-line error."""
     grid = tmp_path / "grid.json"

@@ -45,6 +45,8 @@ def main() -> None:
     ld = pipeline.load(cfg)
     calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     labels = np.asarray(ld.val_labels)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     def predict(runner, desc: str) -> np.ndarray:
         return predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, desc)
@@ -57,7 +59,7 @@ def main() -> None:
     for setting in ("off", "on"):
         q, _ = pipeline.calibrate(ld, replace(cfg, int8_attention=setting), calib)
         converted = q.convert(ld.model)
-        path = pipeline.export_int8(ld.model, q, ld.input_names, Path(args.output_dir) / f"attention-{setting}.onnx")
+        path = pipeline.export_int8(ld.model, q, ld.input_names, out_dir / f"attention-{setting}.onnx")
         fq = predict(TorchRunner(converted, ld.input_names, 1), f"fake-quant, attention {setting}")
         row = [setting, f"{argmax_agreement(fq, fp32):.3f} / {accuracy(fq):.3f}"]
         for name in ENGINES:
