@@ -65,7 +65,7 @@ def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
     with artifacts.atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(fp32_onnx), str(tmp), weight_type=QuantType.QInt8)
-    backend = ORTBackend()
+    backend = ORTBackend(fuse_attention=False)  # a plain session on quantize_dynamic's file, as its users run it
     return Peer("onnxruntime-dynamic-int8", "onnxruntime", "int8", lambda t: backend.compile(path, t, "int8"), str(path),
                 backend.profiler(path, "int8"))
 
