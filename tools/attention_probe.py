@@ -8,7 +8,8 @@ The default x86 contract is calibrated twice on the same 32 calibration batches 
 exported as QDQ ONNX and compiled on OpenVINO and ONNX Runtime (int8, one thread). Printed: per setting, argmax
 agreement with fp32 and accuracy on the 1,000 validation sentences of the fake-quant model and of each engine
 (plus each engine's agreement with the fake-quant model and its int8 kernels), then per shape (1x128, 1x512) the
-median ms of the four engine models timed interleaved in one run.
+median ms of the engine models timed interleaved in one run (with ONNX Runtime's float-attention model also run as a
+plain session, without the MultiHeadAttention rewrite of backends/ort_attention.py).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main() -> None:
 
     from ptqkit import pipeline
     from ptqkit.backends import get_backend
+    from ptqkit.backends.onnxruntime import ORTBackend
     from ptqkit.backends.pytorch import TorchRunner
     from ptqkit.bench import BenchConfig, parse_shapes, synthetic_inputs, time_interleaved
     from ptqkit.config import RunConfig
@@ -70,6 +72,8 @@ def main() -> None:
             row.append(f"{argmax_agreement(logits, fp32):.3f} / {argmax_agreement(logits, fq):.3f} / "
                        f"{accuracy(logits):.3f} | {kernels}")
             runners[f"{name} {setting}"] = runner
+        if setting == "off":  # the float attention blocks without ONNX Runtime's MultiHeadAttention rewrite
+            runners["onnxruntime off, plain session"] = ORTBackend(fuse_attention=False).compile(path, 1, "int8")
         rows.append(row)
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}); fp32 accuracy {accuracy(fp32):.3f}; {len(labels)} validation sentences\n")
