@@ -102,8 +102,11 @@ def synthetic_inputs(shape: Shape, vocab_size: int, input_names: tuple[str, ...]
 def time_interleaved(runners: Mapping[str, Runner], inputs: Inputs, cfg: BenchConfig,
                      settle_s: float = 0.0) -> dict[str, list[float]]:
     """Milliseconds per call for each runner, round-robin after a warm-up; `settle_s` idles before each timed call
-    (BenchConfig.settle_s in multi-thread cells)."""
+    (BenchConfig.settle_s in multi-thread cells). Runners that can `prepare` for a shape (OpenVINO's static-shape
+    copy) do so first, outside the timing."""
     for run in runners.values():
+        if hasattr(run, "prepare"):
+            run.prepare(inputs)
         for _ in range(cfg.warmup):
             run(inputs)
     samples: dict[str, list[float]] = {name: [] for name in runners}

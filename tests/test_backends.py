@@ -85,6 +85,23 @@ def test_int8_kernels_and_agreement(engine, artefacts, variant):
     assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()  # measured ~1e-7: same QDQ arithmetic
 
 
+@pytest.mark.parametrize("variant", ["fp32", "smoothed"])
+def test_openvino_static_copy_serves_its_shape_only(artefacts, variant):
+    """prepare() compiles a static-shape copy used for calls of that shape; other shapes run the dynamic model.
+    Both compute what the fake-quant (fp32) reference does, and the copy matches the dynamic model's logits."""
+    path, ref, _ = artefacts[variant]
+    runner, plain = get_backend("openvino").compile(path, 1, "int8"), get_backend("openvino").compile(path, 1, "int8")
+    runner.prepare(EVAL_NP)
+    runner.prepare(EVAL_NP)  # once per shape
+    assert len(runner._static) == 1
+    static_out, dynamic_out = runner(EVAL_NP), plain(EVAL_NP)
+    assert np.abs(static_out - ref).max() <= 0.05 * np.abs(ref).max()
+    assert np.abs(static_out - dynamic_out).max() <= 1e-3 * np.abs(ref).max()
+    other = {k: v.numpy() for k, v in make_batch(3, 12, seed=2).items()}
+    assert np.array_equal(runner(other), plain(other))  # no copy for this shape: the same dynamic model
+    assert len(runner._static) == 1
+
+
 def test_aarch64_artefact_is_per_tensor(artefacts):
     import onnx
     from onnx import numpy_helper

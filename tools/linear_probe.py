@@ -64,16 +64,20 @@ def rewrite_gelu(src: Path, dst: Path, activation: str) -> Path:
 
 def linear_times(path: Path, precision: str, inputs: dict, calls: int) -> dict[str, tuple[tuple, list[float]]]:
     """Per FullyConnected node: (in features, out features, whether it runs per token), ms per call (performance
-    counters, after one warm-up call). A 2-D input is one row per sequence (pooler, classifier)."""
+    counters on the static-shape model the timed runner uses, after one warm-up call). A node whose input has one
+    row per sequence (pooler, classifier) is not per token."""
+    import numpy as np
+
     from ptqkit.backends.openvino import perf_counters
 
     compiled, per_call = perf_counters(path, 1, precision, inputs, calls)
+    tokens = int(np.prod(next(iter(inputs.values())).shape))
     kinds = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         if op.get_rt_info()["layerType"].astype(str) == "FullyConnected":
             out_features, in_features = op.inputs()[1].get_partial_shape().to_shape()
-            per_token = op.inputs()[0].get_partial_shape().rank.get_length() > 2
-            kinds[op.get_friendly_name()] = (in_features, out_features, per_token)
+            rows = int(np.prod(list(op.inputs()[0].get_partial_shape().to_shape())[:-1]))
+            kinds[op.get_friendly_name()] = (in_features, out_features, rows == tokens)
     times = defaultdict(list)
     for infos in per_call:
         for info in infos:

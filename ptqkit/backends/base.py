@@ -31,7 +31,9 @@ class KernelEvidence:
 
 
 class Runner(Protocol):
-    """A compiled model: takes a tokenized batch (int64 arrays), returns logits."""
+    """A compiled model: takes a tokenized batch (int64 arrays), returns logits. A runner may also offer
+    `prepare(inputs)`: get ready for calls of that shape (OpenVINO compiles a static-shape copy), which timing
+    calls before its warm-up."""
 
     input_names: tuple[str, ...]
 

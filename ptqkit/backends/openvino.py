@@ -19,18 +19,34 @@ ATTENTION_SUBGRAPH = "AttentionSubgraph"
 
 
 class OpenVINORunner:
-    """One infer request, always called zero-copy: the request reads the caller's arrays and its output tensor
-    is read in place. One mode for every call: a request once fed shared arrays kept their capacity and then
-    refused a plain (copying) call at a larger shape."""
+    """One infer request on the dynamic-shape model, plus one static-shape copy per shape the caller `prepare`s;
+    every call is zero-copy: the request reads the caller's arrays and its output tensor is read in place.
 
-    def __init__(self, compiled, input_names: tuple[str, ...]):
+    Static copies: the CPU plugin runs a model compiled for one shape 11-18% faster than the dynamic-shape model at
+    that shape (no per-call shape inference and memory planning; `python tools/runner_probe.py`, README "Where the
+    time goes"), what a server that pads its requests to a fixed shape compiles. Calls at any other shape run the
+    dynamic model. One mode for every call: a request once fed shared arrays kept their capacity and then refused a
+    plain (copying) call at a larger shape."""
+
+    def __init__(self, compiled, input_names: tuple[str, ...], model_path: str | Path, threads: int, precision: str):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.input_names = input_names
+        self._source = (model_path, threads, precision)
+        self._static: dict[tuple, object] = {}  # input shapes -> infer request of the static-shape copy
+
+    def prepare(self, inputs: Inputs) -> None:
+        """Compile the static-shape copy for calls shaped like `inputs` (seconds; before timing, never inside)."""
+        key = tuple(inputs[n].shape for n in self.input_names)
+        if key not in self._static:
+            model_path, threads, precision = self._source
+            compiled, _ = _compile(model_path, threads, precision, static=dict(zip(self.input_names, key)))
+            self._static[key] = compiled.create_infer_request()
 
     def __call__(self, inputs: Inputs) -> np.ndarray:
         feed = {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}  # no copy when already contiguous
-        out = self.request.infer(feed, share_inputs=True, share_outputs=True)
+        request = self._static.get(tuple(a.shape for a in feed.values()), self.request)
+        out = request.infer(feed, share_inputs=True, share_outputs=True)
         # the shared output is the request's buffer, overwritten by the next call; callers keep logits (a few
         # floats per row), so they get their own copy
         return out[0].copy()
@@ -90,7 +106,7 @@ class OpenVINOBackend(Engine):
         cores of the process's mask, so processes that each take a share of a machine (Ray actors and trials with
         one CPU each) would all land on core 0 and share it (openvinotoolkit/openvino#32444)."""
         compiled, inputs = _compile(model_path, threads, precision)
-        return OpenVINORunner(compiled, inputs)
+        return OpenVINORunner(compiled, inputs, model_path, threads, precision)
 
     def op_times(self, model_path: str | Path, threads: int, precision: str, inputs: Inputs, calls: int,
                  between: Callable[[], None] | None = None) -> list[dict[str, float]]:
@@ -113,9 +129,11 @@ class OpenVINOBackend(Engine):
 
 def perf_counters(model_path: str | Path, threads: int, precision: str, inputs: Inputs, calls: int,
                   between: Callable[[], None] | None = None) -> tuple[object, list[list]]:
-    """The model compiled with PERF_COUNT, and per call (after one warm-up call, on a request of its own) the CPU
-    plugin's performance counters of the nodes it executed; `between` runs after each counted call."""
-    compiled, names = _compile(model_path, threads, precision, {"PERF_COUNT": True})
+    """The model compiled with PERF_COUNT for the shape of `inputs` (as the timed runner's static copy), and per
+    call (after one warm-up call, on a request of its own) the CPU plugin's performance counters of the nodes it
+    executed; `between` runs after each counted call."""
+    compiled, names = _compile(model_path, threads, precision, {"PERF_COUNT": True},
+                               static={n: inputs[n].shape for n in inputs})
     request = compiled.create_infer_request()
     feed = {n: np.ascontiguousarray(inputs[n]) for n in names}
     request.infer(feed, share_inputs=True, share_outputs=True)  # warm-up
@@ -147,12 +165,16 @@ def _rt(op, key: str) -> str:
     return info[key].astype(str) if key in info else ""
 
 
-def _compile(model_path: str | Path, threads: int, precision: str, extra: dict | None = None):
-    """The compiled model (see OpenVINOBackend.compile) and its input names."""
+def _compile(model_path: str | Path, threads: int, precision: str, extra: dict | None = None,
+             static: dict[str, tuple[int, ...]] | None = None):
+    """The compiled model (see OpenVINOBackend.compile) and its input names; `static`: input name -> shape, to
+    compile for that one shape."""
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(model_path))
+    if static:
+        model.reshape({i.get_any_name(): list(static[i.get_any_name()]) for i in model.inputs})
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
               "ENABLE_CPU_PINNING": threads >= usable_cores(), **(extra or {})}
     hint = PRECISION_HINTS[precision]
