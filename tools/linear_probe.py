@@ -7,9 +7,13 @@ On the int8 QDQ ONNX of an output directory (bert_ptq.py or export.py), per shap
    (ptqkit.roofline.int8_peak). The FFN up-projection (hidden -> intermediate) carries the fused activation.
 2. The activation's cost: the same model with its erf GELU rewritten to ReLU (timing only: it computes something
    else) and to tanh-approximated GELU (ONNX Gelu, approximate="tanh"), timed interleaved (median ms, --rounds).
+3. With --peer FILE (e.g. OUTPUT_DIR/peer_nncf_int8.xml, NNCF's model of a bert_ptq.py run), the same per-linear
+   table for that model and its end-to-end time in the same interleaved rounds, and for both models every executed
+   node type with its kernel, count and ms: where the two differ, if anywhere.
 README "Where the time goes" quotes it.
 
     OMP_NUM_THREADS=1 python tools/linear_probe.py OUTPUT_DIR [--precision int8-bf16] [--shapes 1x128,1x512]
+        [--peer OUTPUT_DIR/peer_nncf_int8.xml]
 """
 from __future__ import annotations
 
@@ -86,6 +90,27 @@ def linear_times(path: Path, precision: str, inputs: dict, calls: int) -> dict[s
     return {name: (kinds[name], t) for name, t in times.items()}
 
 
+def print_node_types(label: str, path: Path, precision: str, inputs: dict, calls: int) -> None:
+    """Every executed node type and kernel of the model: count, median ms per call summed over its nodes."""
+    import numpy as np
+
+    from ptqkit.backends.openvino import perf_counters
+
+    _, per_call = perf_counters(path, 1, precision, inputs, calls)
+    ms, count = defaultdict(list), defaultdict(int)
+    for infos in per_call:
+        summed = defaultdict(float)
+        for info in infos:
+            summed[(info.node_type, info.exec_type)] += info.real_time.total_seconds() * 1e3
+        for key, value in summed.items():
+            ms[key].append(value)
+    for info in per_call[0]:
+        count[(info.node_type, info.exec_type)] += 1
+    print(f"  {label}: executed nodes by type and kernel (count, ms)")
+    for (node, kernel), t in sorted(ms.items(), key=lambda kv: -float(np.median(kv[1]))):
+        print(f"    {node:>30} {kernel:<24} {count[(node, kernel)]:>4} {float(np.median(t)):8.3f}")
+
+
 def print_linears(label: str, per_node: dict, shape, peak: float) -> None:
     """One row per weight shape: nodes, MACs, summed median ms, GMAC/s, share of the peak."""
     import numpy as np
@@ -116,6 +141,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20, help="profiled calls per model and shape")
     p.add_argument("--rounds", type=int, default=40, help="interleaved timing rounds per shape")
     p.add_argument("--vocab-size", type=int, default=30522, help="token ids are drawn below it (default model's)")
+    p.add_argument("--peer", help="another int8 model (ONNX or OpenVINO IR) to profile and time beside ours")
     args = p.parse_args()
 
     import numpy as np
@@ -128,6 +154,8 @@ def main() -> None:
     src = Path(args.output_dir) / "model_int8_qdq.onnx"
     if not src.is_file():
         raise SystemExit(f"error: {src} not found (run bert_ptq.py or export.py with --output-dir first)")
+    if args.peer and not Path(args.peer).is_file():
+        raise SystemExit(f"error: --peer {args.peer} not found")
     ov = get_backend("openvino")
     peak = int8_peak(ov, 1, activation_dtype(src))["peak_gmac_s"]
     cpu = cpu_info()
@@ -137,6 +165,8 @@ def main() -> None:
         models = {"erf GELU (as exported)": src}
         for activation, label in (("relu", "ReLU (timing only)"), ("tanh", "tanh GELU")):
             models[label] = rewrite_gelu(src, Path(tmp) / f"{activation}.onnx", activation)
+        if args.peer:
+            models[f"peer {Path(args.peer).name}"] = Path(args.peer)
         runners = {label: ov.compile(path, 1, args.precision) for label, path in models.items()}
         names = runners[next(iter(runners))].input_names
         for shape in parse_shapes(args.shapes):
@@ -144,6 +174,9 @@ def main() -> None:
             print(f"\n{shape}: FullyConnected nodes, performance counters, median of {args.calls} calls")
             for label, path in models.items():
                 print_linears(label, linear_times(path, args.precision, inputs, args.calls), shape, peak)
+            if args.peer:
+                for label in ("erf GELU (as exported)", f"peer {Path(args.peer).name}"):
+                    print_node_types(label, models[label], args.precision, inputs, args.calls)
             samples = time_interleaved(runners, inputs, BenchConfig(rounds=args.rounds, warmup=3))
             print(f"  end to end, {args.rounds} interleaved rounds, median ms: "
                   + ", ".join(f"{label} {np.median(s):.2f}" for label, s in samples.items()))

@@ -4,8 +4,9 @@
 Times, on the exported fp32 and int8 ONNX of an output directory (bert_ptq.py or export.py): OpenVINO's runner
 (its static-shape copy for the timed shape, shared inputs and outputs) against the dynamic-shape model called the
 same way and with a copying infer, and ONNX Runtime's runner (session.run) against an I/O binding with bound CPU
-inputs and an output preallocated per batch size. Prints median ms per way and the largest logit difference from
-the runner's. README "Where the time goes" quotes it.
+inputs and an output preallocated per batch size. Prints median ms per way, the largest logit difference from
+the runner's, and the kernels of each OpenVINO static copy beside the dynamic model's. README "Where the time
+goes" quotes it.
 
     OMP_NUM_THREADS=1 python tools/runner_probe.py OUTPUT_DIR [--shapes 1x128,1x512] [--rounds 40]
 """
@@ -60,6 +61,7 @@ def main() -> None:
     import numpy as np
 
     from ptqkit.backends import get_backend
+    from ptqkit.backends.openvino import evidence
     from ptqkit.bench import BenchConfig, parse_shapes, synthetic_inputs, time_interleaved
 
     out = Path(args.output_dir)
@@ -82,6 +84,13 @@ def main() -> None:
             ref = outputs[next(k for k in outputs if k.split()[0] == n.split()[0])]  # the engine's runner
             print(f"  {n:50s} {np.median(s):9.3f}   max logit difference from its runner: "
                   f"{float(np.abs(outputs[n] - ref).max()):.2g}")
+        for precision in ("fp32", "int8"):
+            runner = runners[f"openvino-{precision} runner (static shape, shared)"]
+            for key, compiled in runner.static_copies().items():
+                if key[0] != inputs[names[0]].shape:
+                    continue
+                print(f"  openvino-{precision} kernels: dynamic model {runner.kernels().details}, "
+                      f"static copy {'x'.join(map(str, key[0]))} {evidence(compiled).details}")
 
 
 if __name__ == "__main__":

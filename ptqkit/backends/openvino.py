@@ -52,25 +52,34 @@ class OpenVINORunner:
         return out[0].copy()
 
     def kernels(self) -> KernelEvidence:
-        """Layer precisions from the compiled model's runtime graph (what the CPU plugin really executes)."""
-        ev = KernelEvidence()
-        counts: Counter = Counter()
-        for op in self.compiled.get_runtime_model().get_ordered_ops():
-            layer = _rt(op, "layerType") or op.get_type_name()
-            if layer == "Subgraph" and "MatMul" in _rt(op, "originalLayersNames"):
-                layer = ATTENTION_SUBGRAPH
-            elif layer not in COMPUTE_LAYERS:
-                continue
-            prec = _rt(op, "runtimePrecision") or "?"
-            counts[f"{layer}:{prec}"] += 1
-            if prec in ("i8", "u8"):
-                ev.int8 += 1
-            elif prec == "f32":
-                ev.fp32 += 1
-            else:
-                ev.other += 1
-        ev.details = dict(counts)
-        return ev
+        """Layer precisions of the dynamic-shape model (what evaluation runs; `evidence` reads a static copy)."""
+        return evidence(self.compiled)
+
+    def static_copies(self) -> dict[tuple, object]:
+        """Input shapes -> compiled static-shape copy, for the kernels each one runs."""
+        return {key: request.get_compiled_model() for key, request in self._static.items()}
+
+
+def evidence(compiled) -> KernelEvidence:
+    """Layer precisions from a compiled model's runtime graph (what the CPU plugin really executes)."""
+    ev = KernelEvidence()
+    counts: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        layer = _rt(op, "layerType") or op.get_type_name()
+        if layer == "Subgraph" and "MatMul" in _rt(op, "originalLayersNames"):
+            layer = ATTENTION_SUBGRAPH
+        elif layer not in COMPUTE_LAYERS:
+            continue
+        prec = _rt(op, "runtimePrecision") or "?"
+        counts[f"{layer}:{prec}"] += 1
+        if prec in ("i8", "u8"):
+            ev.int8 += 1
+        elif prec == "f32":
+            ev.fp32 += 1
+        else:
+            ev.other += 1
+    ev.details = dict(counts)
+    return ev
 
 
 # Inference-precision hint per variant. fp32 must be fp32 end to end. int8 keeps the ops outside int8 in f32, so
