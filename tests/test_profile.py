@@ -9,7 +9,7 @@ import pytest
 from ptqkit import peers, roofline
 from ptqkit.backends import get_backend
 from ptqkit.backends.base import OP_KINDS
-from ptqkit.backends.openvino import op_kind
+from ptqkit.backends.openvino import bf16_capped, op_kind
 from ptqkit.backends.pytorch import TorchRunner, eager_profiler, event_kind
 from ptqkit.bench import Shape, synthetic_inputs
 from ptqkit.export import export_onnx
@@ -20,6 +20,10 @@ from tiny import NAMES, make_batch, tiny_bert
 ENGINES = ("openvino", "onnxruntime")
 # growing and shrinking batch and length: a runner must follow shape changes between calls
 SHAPES = ((1, 16), (4, 40), (2, 8), (1, 64), (3, 16), (1, 16))
+
+
+CAPPED_BF16 = pytest.mark.skipif(bf16_capped(),
+                                 reason="a plain OpenVINO compile fails under a oneDNN cap below bf16 (NO_BF16_CAPS)")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,7 @@ def test_op_times_split_by_kind(engine, model, onnx_files):
     assert (cell["batch"], cell["seq_len"], cell["threads"], cell["calls"]) == (2, 32, 1, 3)
 
 
+@CAPPED_BF16
 def test_openvino_books_every_fully_connected_executor_as_gemm(onnx_files, tmp_path):
     """NNCF's int8 model runs some linears on an executor the performance counters call
     FullyConnectedQuantizedLegacy (the runtime model calls it FullyConnected): those are weight GEMMs too."""
@@ -107,6 +112,7 @@ def test_openvino_books_every_fully_connected_executor_as_gemm(onnx_files, tmp_p
     assert op_kind("Gather") == "other" and op_kind("MVN") == "norm_act"
 
 
+@CAPPED_BF16
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="aarch64 peers keep the f32 hint (f16 default)")
 def test_nncf_peer_runs_as_a_plain_compile_would(onnx_files, tmp_path):
     """NNCF's users compile its model with `core.compile_model(xml, "CPU")`: the peer must run at that default
@@ -122,6 +128,21 @@ def test_nncf_peer_runs_as_a_plain_compile_would(onnx_files, tmp_path):
     assert peer.precision == ("int8-bf16" if default == ov.Type.bf16 else "int8")
     inputs = {k: v.numpy() for k, v in make_batch(2, 32, seed=3).items()}
     np.testing.assert_allclose(runner(inputs), plain(inputs)[0], rtol=0, atol=1e-5)
+
+
+def test_openvino_default_precision_follows_a_bf16_cap(onnx_files, monkeypatch):
+    """Under ONEDNN_MAX_CPU_ISA below bf16 (a simulated older CPU) the engine default is f32, as on such a CPU:
+    peers run "int8" and our int8-bf16 variant compiles with the f32 hint instead of failing."""
+    import openvino as ov
+
+    from ptqkit.backends.openvino import default_int8_precision
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert bf16_capped() and default_int8_precision() == "int8"
+    runner = get_backend("openvino").compile(onnx_files["x86"], 1, "int8-bf16")
+    assert runner.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert not bf16_capped()
 
 
 @pytest.mark.parametrize("model", ["fp32", "dynamic-int8"])

@@ -1,6 +1,7 @@
 """OpenVINO: compiles QDQ ONNX into int8 kernels (oneDNN/brgemm on x86, ACL on aarch64)."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from types import MappingProxyType
 from pathlib import Path
@@ -90,12 +91,26 @@ def evidence(compiled) -> KernelEvidence:
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "int8-bf16": None, "bf16": "bf16"}
 
 
+# oneDNN ISA caps below its bf16 kernels. Under one (simulating an older CPU) the CPU plugin still reads bf16 support
+# from CPUID, takes bf16 as its default precision and then fails to compile (Softmax: "Supported primitive
+# descriptors list is empty"); a CPU of the simulated level has no bf16, so the default there is f32.
+NO_BF16_CAPS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def bf16_capped() -> bool:
+    """ONEDNN_MAX_CPU_ISA caps oneDNN below its bf16 kernels (NO_BF16_CAPS)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in NO_BF16_CAPS
+
+
 def default_int8_precision() -> str:
     """The int8 variant that computes as a plain `core.compile_model(model, "CPU")` does: "int8-bf16" where the CPU
-    plugin's default inference precision is bf16 (x86 with avx512_bf16 or AMX), else "int8" (f32 outside int8; on
-    aarch64, whose default is f16, f32 as the ARM check ran). Peers run in it: it is what their users get."""
+    plugin's default inference precision is bf16 (x86 with avx512_bf16 or AMX, unless oneDNN is capped below bf16),
+    else "int8" (f32 outside int8; on aarch64, whose default is f16, f32 as the ARM check ran). Peers run in it: it
+    is what their users get."""
     import openvino as ov
 
+    if bf16_capped():
+        return "int8"
     return "int8-bf16" if ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "int8"
 
 
@@ -103,7 +118,8 @@ class OpenVINOBackend(Engine):
     name = "openvino"
     requires = "openvino"
     int8_variants = ("int8", "int8-bf16")
-    variant_notes = MappingProxyType({"int8-bf16": "our int8 model, ops outside int8 in bf16 (engine default hint)"})
+    variant_notes = MappingProxyType({"int8-bf16": "our int8 model at the engine's default precision (ops outside "
+                                                   "int8 in bf16 where the CPU has bf16)"})
     auto = True
     profiled = True
     int8_attention = True  # its fused attention subgraph runs int8 (`python tools/attention_probe.py`, README)
@@ -186,7 +202,7 @@ def _compile(model_path: str | Path, threads: int, precision: str, extra: dict |
         model.reshape({i.get_any_name(): list(static[i.get_any_name()]) for i in model.inputs})
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
               "ENABLE_CPU_PINNING": threads >= usable_cores(), **(extra or {})}
-    hint = PRECISION_HINTS[precision]
+    hint = PRECISION_HINTS[precision] or ("f32" if bf16_capped() else None)  # None: the engine's default
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     return core.compile_model(model, "CPU", config), tuple(i.get_any_name() for i in model.inputs)
