@@ -30,6 +30,15 @@ ONEDNN_ISA_CAPS = {
 }
 
 
+# Caps that leave out oneDNN's bf16 kernels (AVX512_CORE_BF16 and above keep them).
+NO_BF16_CAPS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_bf16_capped() -> bool:
+    """ONEDNN_MAX_CPU_ISA caps oneDNN below its bf16 kernels: a simulated CPU without bf16."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in NO_BF16_CAPS
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask, e.g. a container's or a Ray actor's share)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -93,13 +93,13 @@ def test_openvino_static_copy_serves_its_shape_only(artefacts, variant):
     runner, plain = get_backend("openvino").compile(path, 1, "int8"), get_backend("openvino").compile(path, 1, "int8")
     runner.prepare(EVAL_NP)
     runner.prepare(EVAL_NP)  # once per shape
-    assert len(runner._static) == 1
+    assert len(runner.static_copies()) == 1
     static_out, dynamic_out = runner(EVAL_NP), plain(EVAL_NP)
     assert np.abs(static_out - ref).max() <= 0.05 * np.abs(ref).max()
     assert np.abs(static_out - dynamic_out).max() <= 1e-3 * np.abs(ref).max()
     other = {k: v.numpy() for k, v in make_batch(3, 12, seed=2).items()}
     assert np.array_equal(runner(other), plain(other))  # no copy for this shape: the same dynamic model
-    assert len(runner._static) == 1
+    assert len(runner.static_copies()) == 1
 
 
 def test_aarch64_artefact_is_per_tensor(artefacts):

@@ -9,7 +9,8 @@ import pytest
 from ptqkit import peers, roofline
 from ptqkit.backends import get_backend
 from ptqkit.backends.base import OP_KINDS
-from ptqkit.backends.openvino import bf16_capped, op_kind
+from ptqkit.backends.openvino import op_kind, perf_counters
+from ptqkit.sysinfo import onednn_bf16_capped
 from ptqkit.backends.pytorch import TorchRunner, eager_profiler, event_kind
 from ptqkit.bench import Shape, synthetic_inputs
 from ptqkit.export import export_onnx
@@ -22,7 +23,7 @@ ENGINES = ("openvino", "onnxruntime")
 SHAPES = ((1, 16), (4, 40), (2, 8), (1, 64), (3, 16), (1, 16))
 
 
-CAPPED_BF16 = pytest.mark.skipif(bf16_capped(),
+CAPPED_BF16 = pytest.mark.skipif(onednn_bf16_capped(),
                                  reason="a plain OpenVINO compile fails under a oneDNN cap below bf16 (NO_BF16_CAPS)")
 
 
@@ -138,11 +139,11 @@ def test_openvino_default_precision_follows_a_bf16_cap(onnx_files, monkeypatch):
     from ptqkit.backends.openvino import default_int8_precision
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert bf16_capped() and default_int8_precision() == "int8"
+    assert onednn_bf16_capped() and default_int8_precision() == "int8"
     runner = get_backend("openvino").compile(onnx_files["x86"], 1, "int8-bf16")
     assert runner.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
-    assert not bf16_capped()
+    assert not onednn_bf16_capped()
 
 
 @pytest.mark.parametrize("model", ["fp32", "dynamic-int8"])
@@ -243,7 +244,7 @@ def test_linear_probe_rewrites_the_gelu_and_times_every_linear(onnx_files, tmp_p
     ref = ov.compile(src, 1, "int8")(batch)
     assert np.abs(ov.compile(tanh, 1, "int8")(batch) - ref).max() < 0.05 * np.abs(ref).max()
     assert not np.allclose(ov.compile(relu, 1, "int8")(batch), ref, atol=1e-3)
-    per_node = probe.linear_times(src, "int8", batch, calls=2)
+    per_node = probe.linear_times(*perf_counters(src, 1, "int8", batch, calls=2), tokens=4 * 16)
     kinds = sorted(kind for kind, times in per_node.values() if len(times) == 2)
     per_token = [k for k in kinds if k[2]]
     assert per_token == sorted([(32, 32, True)] * 8 + [(32, 64, True)] * 2 + [(64, 32, True)] * 2)

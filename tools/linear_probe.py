@@ -66,16 +66,12 @@ def rewrite_gelu(src: Path, dst: Path, activation: str) -> Path:
     return dst
 
 
-def linear_times(path: Path, precision: str, inputs: dict, calls: int) -> dict[str, tuple[tuple, list[float]]]:
-    """Per FullyConnected node: (in features, out features, whether it runs per token), ms per call (performance
-    counters on the static-shape model the timed runner uses, after one warm-up call). A node whose input has one
-    row per sequence (pooler, classifier) is not per token."""
+def linear_times(compiled, per_call: list[list], tokens: int) -> dict[str, tuple[tuple, list[float]]]:
+    """Per FullyConnected node: (in features, out features, whether it runs per token), ms per call, from
+    `perf_counters` of the static-shape model the timed runner uses (`tokens`: batch x length of its inputs). A node
+    whose input has one row per sequence (pooler, classifier) is not per token."""
     import numpy as np
 
-    from ptqkit.backends.openvino import perf_counters
-
-    compiled, per_call = perf_counters(path, 1, precision, inputs, calls)
-    tokens = int(np.prod(next(iter(inputs.values())).shape))
     kinds = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         if op.get_rt_info()["layerType"].astype(str) == "FullyConnected":
@@ -90,13 +86,11 @@ def linear_times(path: Path, precision: str, inputs: dict, calls: int) -> dict[s
     return {name: (kinds[name], t) for name, t in times.items()}
 
 
-def print_node_types(label: str, path: Path, precision: str, inputs: dict, calls: int) -> None:
-    """Every executed node type and kernel of the model: count, median ms per call summed over its nodes."""
+def print_node_types(label: str, per_call: list[list]) -> None:
+    """Every executed node type and kernel of a model (`perf_counters`): count, median ms per call summed over its
+    nodes."""
     import numpy as np
 
-    from ptqkit.backends.openvino import perf_counters
-
-    _, per_call = perf_counters(path, 1, precision, inputs, calls)
     ms, count = defaultdict(list), defaultdict(int)
     for infos in per_call:
         summed = defaultdict(float)
@@ -147,6 +141,7 @@ def main() -> None:
     import numpy as np
 
     from ptqkit.backends import get_backend
+    from ptqkit.backends.openvino import perf_counters
     from ptqkit.bench import BenchConfig, parse_shapes, synthetic_inputs, time_interleaved
     from ptqkit.roofline import activation_dtype, int8_peak
     from ptqkit.sysinfo import cpu_info
@@ -172,11 +167,12 @@ def main() -> None:
         for shape in parse_shapes(args.shapes):
             inputs = synthetic_inputs(shape, args.vocab_size, names)
             print(f"\n{shape}: FullyConnected nodes, performance counters, median of {args.calls} calls")
-            for label, path in models.items():
-                print_linears(label, linear_times(path, args.precision, inputs, args.calls), shape, peak)
+            profiles = {label: perf_counters(path, 1, args.precision, inputs, args.calls) for label, path in models.items()}
+            for label, (compiled, per_call) in profiles.items():
+                print_linears(label, linear_times(compiled, per_call, shape.batch * shape.seq_len), shape, peak)
             if args.peer:
                 for label in ("erf GELU (as exported)", f"peer {Path(args.peer).name}"):
-                    print_node_types(label, models[label], args.precision, inputs, args.calls)
+                    print_node_types(label, profiles[label][1])
             samples = time_interleaved(runners, inputs, BenchConfig(rounds=args.rounds, warmup=3))
             print(f"  end to end, {args.rounds} interleaved rounds, median ms: "
                   + ", ".join(f"{label} {np.median(s):.2f}" for label, s in samples.items()))

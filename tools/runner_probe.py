@@ -86,11 +86,9 @@ def main() -> None:
                   f"{float(np.abs(outputs[n] - ref).max()):.2g}")
         for precision in ("fp32", "int8"):
             runner = runners[f"openvino-{precision} runner (static shape, shared)"]
-            for key, compiled in runner.static_copies().items():
-                if key[0] != inputs[names[0]].shape:
-                    continue
-                print(f"  openvino-{precision} kernels: dynamic model {runner.kernels().details}, "
-                      f"static copy {'x'.join(map(str, key[0]))} {evidence(compiled).details}")
+            compiled = runner.static_copies()[tuple(inputs[n].shape for n in names)]
+            print(f"  openvino-{precision} kernels: dynamic model {runner.kernels().details}, "
+                  f"static copy {shape} {evidence(compiled).details}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """OpenVINO: compiles QDQ ONNX into int8 kernels (oneDNN/brgemm on x86, ACL on aarch64)."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 from types import MappingProxyType
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..sysinfo import usable_cores
+from ..sysinfo import onednn_bf16_capped, usable_cores
 from .base import OP_KINDS, Engine, Inputs, KernelEvidence
 
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "ScaledDotProductAttention", "GEMM")
@@ -91,17 +90,6 @@ def evidence(compiled) -> KernelEvidence:
 PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "int8-bf16": None, "bf16": "bf16"}
 
 
-# oneDNN ISA caps below its bf16 kernels. Under one (simulating an older CPU) the CPU plugin still reads bf16 support
-# from CPUID, takes bf16 as its default precision and then fails to compile (Softmax: "Supported primitive
-# descriptors list is empty"); a CPU of the simulated level has no bf16, so the default there is f32.
-NO_BF16_CAPS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
-
-
-def bf16_capped() -> bool:
-    """ONEDNN_MAX_CPU_ISA caps oneDNN below its bf16 kernels (NO_BF16_CAPS)."""
-    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in NO_BF16_CAPS
-
-
 def default_int8_precision() -> str:
     """The int8 variant that computes as a plain `core.compile_model(model, "CPU")` does: "int8-bf16" where the CPU
     plugin's default inference precision is bf16 (x86 with avx512_bf16 or AMX, unless oneDNN is capped below bf16),
@@ -109,7 +97,7 @@ def default_int8_precision() -> str:
     is what their users get."""
     import openvino as ov
 
-    if bf16_capped():
+    if onednn_bf16_capped():
         return "int8"
     return "int8-bf16" if ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "int8"
 
@@ -202,7 +190,10 @@ def _compile(model_path: str | Path, threads: int, precision: str, extra: dict |
         model.reshape({i.get_any_name(): list(static[i.get_any_name()]) for i in model.inputs})
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
               "ENABLE_CPU_PINNING": threads >= usable_cores(), **(extra or {})}
-    hint = PRECISION_HINTS[precision] or ("f32" if bf16_capped() else None)  # None: the engine's default
+    # None: the engine's default. Under a oneDNN cap below bf16 (a simulated older CPU) the plugin still reads bf16
+    # from CPUID, takes it as its default and then fails to compile (Softmax: "Supported primitive descriptors list
+    # is empty"); a CPU of that level has no bf16, so its default is f32.
+    hint = PRECISION_HINTS[precision] or ("f32" if onednn_bf16_capped() else None)
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     return core.compile_model(model, "CPU", config), tuple(i.get_any_name() for i in model.inputs)
