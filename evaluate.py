@@ -4,14 +4,18 @@ compiling both engines once; prints metrics (when the file has labels) and argma
 disagreeing rows. A local Ray by default, --ray ADDRESS for a cluster, --local for one process without Ray."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ptqkit.artifacts import Layout
 from ptqkit.cli import _Parser, positive_int, run_main
 
 
 def main() -> int:
     p = _Parser(description=__doc__)
-    p.add_argument("--artifacts", required=True, help="output dir of bert_ptq.py: model_fp32.onnx, model_int8_qdq.onnx")
+    names = Layout(Path())
+    p.add_argument("--artifacts", required=True, help=f"output dir of bert_ptq.py: {names.fp32_onnx}, {names.int8_onnx}")
     p.add_argument("--input", required=True, help="the rows: .csv, .tsv, .json/.jsonl (JSON lines) or .parquet")
-    p.add_argument("--output-dir", default="evaluation", help="where evaluation.json and disagreements.jsonl go")
+    p.add_argument("--output-dir", default="evaluation", help=f"where {names.evaluation_json} and {names.disagreements} go")
     p.add_argument("--model", default="default", help="model dir whose tokenizer to use (default: the cached default model)")
     p.add_argument("--cache-dir", help="model cache (default: $PTQKIT_CACHE or ~/.cache/ptqkit)")
     p.add_argument("--text-columns", help="comma-separated text column(s) (default: detected)")

@@ -1,4 +1,5 @@
-"""Atomic artefact writes: a reader sees either the old file or the complete new one, never half of it."""
+"""The artefact directory: the name of every file in it (Layout), and atomic writes (a reader sees either the old
+file or the complete new one, never half of it). Torch-free: the deployment runtime reads the same layout."""
 from __future__ import annotations
 
 import errno
@@ -7,12 +8,124 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UserError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk or an exhausted quota: the same fix
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every file the steps write into an output dir, named once. `Layout(Path())` gives the names relative to
+    the dir (what runtime.json records and what travels through Ray's object store)."""
+
+    root: Path
+
+    # bert_ptq.py / calib.py / export.py / bench.py
+    @property
+    def quant_state(self) -> Path:
+        """Directory: the observers' state and the quantization config (Quantizer.save/load)."""
+        return self.root / "quant_state"
+
+    @property
+    def calib_summary(self) -> Path:
+        return self.root / "calib_summary.json"
+
+    @property
+    def layer_report(self) -> Path:
+        return self.root / "layer_report.json"
+
+    @property
+    def fp32_onnx(self) -> Path:
+        return self.root / "model_fp32.onnx"
+
+    @property
+    def int8_onnx(self) -> Path:
+        """The int8 QDQ ONNX: what every file-taking engine compiles and what a target server runs."""
+        return self.root / "model_int8_qdq.onnx"
+
+    @property
+    def int8_torchscript(self) -> Path:
+        return self.root / "model_int8_fakequant.pt"
+
+    @property
+    def peer_nncf_xml(self) -> Path:
+        return self.root / "peer_nncf_int8.xml"
+
+    @property
+    def peer_ort_dynamic_onnx(self) -> Path:
+        return self.root / "peer_ort_dynamic_int8.onnx"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_png(self) -> Path:
+        return self.root / "report.png"
+
+    @property
+    def bench_json(self) -> Path:
+        return self.root / "bench.json"
+
+    # the deployment runtime (predict.py): what a target server needs beside int8_onnx
+    @property
+    def runtime_json(self) -> Path:
+        return self.root / "runtime.json"
+
+    @property
+    def host_check(self) -> Path:
+        return self.root / "host_check.json"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_json(self) -> Path:
+        return self.tokenizer_dir / "tokenizer.json"
+
+    # evaluate.py (bulk evaluation)
+    @property
+    def evaluation_json(self) -> Path:
+        return self.root / "evaluation.json"
+
+    @property
+    def disagreements(self) -> Path:
+        return self.root / "disagreements.jsonl"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    # sweep.py
+    @property
+    def sweep_json(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def sweep_md(self) -> Path:
+        return self.root / "sweep.md"
+
+    @property
+    def sweep_png(self) -> Path:
+        return self.root / "sweep.png"
+
+    @property
+    def sweep_experiment(self) -> Path:
+        """Ray Tune's experiment dir (resume state); the grid it ran sits beside it."""
+        return self.root / "ray" / "sweep"
+
+    @property
+    def sweep_grid(self) -> Path:
+        return self.sweep_experiment.parent / "grid.json"
 
 
 def ensure_output_dir(path: str | Path) -> Path:

@@ -27,12 +27,14 @@ from .errors import UserError
 from .metrics import compute_metrics
 
 INPUT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-ARTEFACTS = ("model_fp32.onnx", "model_int8_qdq.onnx")
+# What the actors need from bert_ptq.py's output dir, by their names relative to it (keys of the files that travel)
+NAMES = artifacts.Layout(Path())
+ARTEFACTS = (NAMES.fp32_onnx, NAMES.int8_onnx)
 
 
 @dataclass
 class EvalConfig:
-    artifacts_dir: str  # bert_ptq.py's output dir: model_fp32.onnx and model_int8_qdq.onnx
+    artifacts_dir: str  # bert_ptq.py's output dir: its fp32 and int8 ONNX (ARTEFACTS)
     input: str
     output_dir: str
     model: str = "default"  # where the tokenizer comes from
@@ -67,15 +69,15 @@ class EnginePair:
         # The files are only read while loading: the directory goes once the engines hold the models (each actor
         # would otherwise leave two model copies in /tmp).
         with tempfile.TemporaryDirectory(prefix="ptqkit-engines-") as tmp:
-            folder = Path(tmp)
+            layout = artifacts.Layout(Path(tmp))
             for name, data in files.items():
-                path = folder / name
+                path = layout.root / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+            self.tokenizer = AutoTokenizer.from_pretrained(str(layout.tokenizer_dir))
             engine = get_backend(backend)
-            self.fp32 = engine.compile(folder / "model_fp32.onnx", threads, "fp32")
-            self.int8 = engine.compile(folder / "model_int8_qdq.onnx", threads, "int8")
+            self.fp32 = engine.compile(layout.fp32_onnx, threads, "fp32")
+            self.int8 = engine.compile(layout.int8_onnx, threads, "int8")
         self.text_columns = text_columns
         self.max_seq_len = max_seq_len
         self.label = label
@@ -139,7 +141,7 @@ def _engine_files(cfg: EvalConfig) -> dict[str, bytes]:
     """The two ONNX files and the tokenizer's files, as bytes: they travel through the object store."""
     from .models import DEFAULT_MODEL, default_model_dir
 
-    files = {name: (Path(cfg.artifacts_dir) / name).read_bytes() for name in ARTEFACTS}
+    files = {name.as_posix(): (Path(cfg.artifacts_dir) / name).read_bytes() for name in ARTEFACTS}
     if cfg.model == DEFAULT_MODEL:
         from .data import load_rotten_tomatoes
 
@@ -153,7 +155,7 @@ def _engine_files(cfg: EvalConfig) -> dict[str, bytes]:
     tok_dir = Path(tempfile.mkdtemp(prefix="ptqkit-tok-"))
     try:
         AutoTokenizer.from_pretrained(str(source)).save_pretrained(tok_dir)
-        files |= {f"tokenizer/{p.name}": p.read_bytes() for p in tok_dir.iterdir() if p.is_file()}
+        files |= {(NAMES.tokenizer_dir / p.name).as_posix(): p.read_bytes() for p in tok_dir.iterdir() if p.is_file()}
     finally:
         shutil.rmtree(tok_dir, ignore_errors=True)
     return files
@@ -259,10 +261,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     rep.update(input=str(path), text_columns=list(text), label_column=label, backend=cfg.backend,
                max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, wall_s=round(wall, 2),
                rows_per_s=round(rep["rows"] / wall, 2) if wall else None)
-    artifacts.write_json(out / "evaluation.json", rep)
+    layout = artifacts.Layout(out)
+    artifacts.write_json(layout.evaluation_json, rep)
     print(summary(rep))
-    print(f"wrote {out / 'evaluation.json'}, {out / 'disagreements.jsonl'}"
-          + (f", {out / 'predictions.csv'}" if cfg.predictions else ""))
+    print(f"wrote {layout.evaluation_json}, {layout.disagreements}" + (f", {layout.predictions}" if cfg.predictions else ""))
     return rep
 
 
@@ -273,11 +275,11 @@ def _consume(batches: Iterator[dict], cfg: EvalConfig, out: Path, start: float) 
     fp32_all, int8_all, labels = [], [], []
     row, first = 0, None
     with ExitStack() as stack:
-        dis = stack.enter_context(open(stack.enter_context(artifacts.atomic_path(out / "disagreements.jsonl")), "w",
+        dis = stack.enter_context(open(stack.enter_context(artifacts.atomic_path(artifacts.Layout(out).disagreements)), "w",
                                        encoding="utf-8"))
         pred = None
         if cfg.predictions:
-            pred = stack.enter_context(open(stack.enter_context(artifacts.atomic_path(out / "predictions.csv")), "w",
+            pred = stack.enter_context(open(stack.enter_context(artifacts.atomic_path(artifacts.Layout(out).predictions)), "w",
                                             encoding="utf-8"))
             pred.write("row,fp32,int8\n")
         bar = stack.enter_context(tqdm(unit="row", desc=f"fp32 vs int8 ({cfg.backend})"))

@@ -42,7 +42,7 @@ def nncf_int8(fp32_onnx: Path, calib: list[dict], out_dir: Path) -> Peer:
     dataset = nncf.Dataset(calib, lambda b: {k: v.numpy() for k, v in b.items() if k in names})
     # subset_size counts dataset items, here batches: every calibration batch, as ours uses.
     quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
-    xml = out_dir / "peer_nncf_int8.xml"
+    xml = artifacts.Layout(out_dir).peer_nncf_xml
     _save_ir(quantized, xml)
     backend, precision = OpenVINOBackend(), default_int8_precision()
     return Peer("nncf-openvino-int8", "openvino", precision, lambda t: backend.compile(xml, t, precision), str(xml),
@@ -61,7 +61,7 @@ def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
     """ONNX Runtime dynamic quantization: int8 weights, activations quantized per call (no calibration)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    path = out_dir / "peer_ort_dynamic_int8.onnx"
+    path = artifacts.Layout(out_dir).peer_ort_dynamic_onnx
     with artifacts.atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(fp32_onnx), str(tmp), weight_type=QuantType.QInt8)

@@ -146,7 +146,7 @@ def run(cfg: RunConfig) -> dict:
     threads = cfg.bench.threads[0]
     calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     q, steps = calibrate(ld, cfg, calib)
-    q.save(out_dir / "quant_state")
+    q.save(artifacts.Layout(out_dir).quant_state)
     converted = q.convert(ld.model)
     paths = export_artifacts(ld.model, converted, ld.input_names, out_dir)
     write_runtime_files(ld, cfg, out_dir)
@@ -198,7 +198,7 @@ def run(cfg: RunConfig) -> dict:
         rep["backend_selection"] = selection.record
     if ld.task.empty_texts:
         rep["empty_texts"] = ld.task.empty_texts
-    rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(out_dir / "quant_state")}
+    rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(artifacts.Layout(out_dir).quant_state)}
     if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
         rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
     written = report.write(rep, out_dir)
@@ -378,23 +378,25 @@ def int8_attention(cfg: RunConfig) -> bool:
 def export_artifacts(model, converted, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
     """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript (from the converted model), each written atomically."""
     example = _export_example(model, input_names)
+    layout = artifacts.Layout(out_dir)
     return {
-        "fp32_onnx": export_fp32(model, input_names, out_dir / "model_fp32.onnx"),
-        "int8_onnx": export_onnx(converted, input_names, example, out_dir / "model_int8_qdq.onnx"),
-        "int8_torchscript": export_torchscript(converted, input_names, example, out_dir / "model_int8_fakequant.pt"),
+        "fp32_onnx": export_fp32(model, input_names, layout.fp32_onnx),
+        "int8_onnx": export_onnx(converted, input_names, example, layout.int8_onnx),
+        "int8_torchscript": export_torchscript(converted, input_names, example, layout.int8_torchscript),
     }
 
 
 def write_runtime_files(ld: Loaded, cfg: RunConfig, out_dir: Path) -> None:
     """What predict.py needs beside the int8 ONNX on a torch-free target: tokenizer/ and runtime.json."""
-    with artifacts.atomic_dir(out_dir / runtime.TOKENIZER_DIR) as tmp:
+    layout = artifacts.Layout(out_dir)
+    with artifacts.atomic_dir(layout.tokenizer_dir) as tmp:
         ld.tokenizer.save_pretrained(str(tmp))
     num_labels = ld.model.config.num_labels
     rc = runtime.RuntimeConfig(
-        model_file="model_int8_qdq.onnx", input_names=ld.input_names, max_seq_len=cfg.max_seq_len, pad_id=ld.pad_id,
+        model_file=layout.int8_onnx.name, input_names=ld.input_names, max_seq_len=cfg.max_seq_len, pad_id=ld.pad_id,
         id2label={} if num_labels == 1 else {int(k): str(v) for k, v in ld.model.config.id2label.items()},
         text_pairs=any(e.text_pair is not None for e in ld.task.validation))
-    artifacts.write_json(out_dir / runtime.RUNTIME_CONFIG, rc.to_dict())
+    artifacts.write_json(layout.runtime_json, rc.to_dict())
 
 
 def write_host_check(ld: Loaded, fq_logits: np.ndarray, int8_logits: np.ndarray, engine: str, out_dir: Path,
@@ -404,7 +406,7 @@ def write_host_check(ld: Loaded, fq_logits: np.ndarray, int8_logits: np.ndarray,
     examples = [{"text": e.text, "text_pair": e.text_pair, "fakequant_logits": [float(x) for x in fq],
                  "int8_label": int(i8.argmax())}
                 for e, fq, i8 in zip(ld.task.validation[:n], fq_logits, int8_logits)]
-    artifacts.write_json(out_dir / runtime.HOST_CHECK, {"int8_engine": engine, "examples": examples})
+    artifacts.write_json(artifacts.Layout(out_dir).host_check, {"int8_engine": engine, "examples": examples})
 
 
 def _export_example(model, input_names: tuple[str, ...]) -> dict:
@@ -498,19 +500,19 @@ def calib_step(cfg: RunConfig) -> Path:
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     data = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     q, _ = calibrate(ld, cfg, data)
-    state_dir = out_dir / "quant_state"
+    state_dir = artifacts.Layout(out_dir).quant_state
     q.save(state_dir)
     if cfg.layer_report:
         errors = layer_errors(ld.model, q, data[:LAYER_REPORT_BATCHES])
         print(format_table(errors))
-        artifacts.write_json(out_dir / "layer_report.json", {"batches": min(len(data), LAYER_REPORT_BATCHES),
+        artifacts.write_json(artifacts.Layout(out_dir).layer_report, {"batches": min(len(data), LAYER_REPORT_BATCHES),
                                                              "layers": [e.to_dict() for e in errors]})
     summary = {
         "model": ld.model_name, "task": ld.task.name, "device": cfg.device, "calib_batches": cfg.calib_batches,
         "config": q.config.to_dict(),
         "points": {p.name: {role: _qparams_summary(*q.qparams(p.name, role)) for role in p.roles} for p in q.points},
     }
-    artifacts.write_json(out_dir / "calib_summary.json", summary)
+    artifacts.write_json(artifacts.Layout(out_dir).calib_summary, summary)
     print(f"calibrated {len(q.points)} quantization points on {cfg.calib_batches} train batches; state: {state_dir}")
     return state_dir
 
@@ -520,7 +522,7 @@ def export_step(cfg: RunConfig) -> dict[str, Path]:
     check_backend_name(cfg.backend)
     ld = load(cfg)
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    q = Quantizer.load(out_dir / "quant_state", ld.model, ld.input_names)
+    q = Quantizer.load(artifacts.Layout(out_dir).quant_state, ld.model, ld.input_names)
     paths = export_artifacts(ld.model, q.convert(ld.model), ld.input_names, out_dir)
     write_runtime_files(ld, cfg, out_dir)
     for name, path in paths.items():
@@ -551,7 +553,7 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
         if engine.takes != ONNX:
             raise UserError(f"bench.py times exported files; {engine.name} compiles the model itself: "
                             f"use bert_ptq.py --backend {engine.name}")
-    paths = {"fp32": out_dir / "model_fp32.onnx", "int8": out_dir / "model_int8_qdq.onnx"}
+    paths = {"fp32": artifacts.Layout(out_dir).fp32_onnx, "int8": artifacts.Layout(out_dir).int8_onnx}
     for path in paths.values():
         if not path.is_file():
             raise UserError(f"{path} not found: run export.py (or bert_ptq.py) with --output-dir {out_dir} first")
@@ -572,6 +574,6 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
     if cfg.bench.profile_calls:
         rep["limits"] = [measure_limit(e, paths["int8"], rep["variants"], ld.model.config, cfg.bench.threads)
                          for e in engines if e.profiled]
-    artifacts.write_json(out_dir / "bench.json", rep)
+    artifacts.write_json(artifacts.Layout(out_dir).bench_json, rep)
     print(report.summary(rep))
     return rep

@@ -56,12 +56,12 @@ def write(rep: dict, out_dir) -> list:
 
     from . import artifacts
 
-    out = Path(out_dir)
-    paths = [out / "report.json", out / "report.md"]
+    layout = artifacts.Layout(Path(out_dir))
+    paths = [layout.report_json, layout.report_md]
     artifacts.write_json(paths[0], rep)
     artifacts.write_text(paths[1], markdown(rep))
     if any(v.get("metrics") and v.get("latency_ms") for v in rep["variants"]):
-        paths.append(out / "report.png")
+        paths.append(layout.report_png)
         plot(rep, paths[2])
     return paths
 

@@ -18,12 +18,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .artifacts import Layout
 from .backends import get_backend
 from .errors import UserError
 
-RUNTIME_CONFIG = "runtime.json"
-HOST_CHECK = "host_check.json"
-TOKENIZER_DIR = "tokenizer"
 ENGINES = ("openvino", "onnxruntime")
 RUNTIME_FORMAT = 1
 MIN_AGREEMENT = 0.99
@@ -43,7 +41,7 @@ class RuntimeConfig:
     def to_dict(self) -> dict:
         return {"format": RUNTIME_FORMAT, "model_file": self.model_file, "input_names": list(self.input_names),
                 "max_seq_len": self.max_seq_len, "truncation": "longest_first", "pad_id": self.pad_id,
-                "tokenizer": f"{TOKENIZER_DIR}/tokenizer.json", "id2label": {str(k): v for k, v in self.id2label.items()},
+                "tokenizer": Layout(Path()).tokenizer_json.as_posix(), "id2label": {str(k): v for k, v in self.id2label.items()},
                 "text_pairs": self.text_pairs}
 
     @classmethod
@@ -99,14 +97,15 @@ class Classifier:
 
     def __init__(self, artefact_dir: str | Path, engine: str = "openvino", threads: int | None = None):
         self.dir = Path(artefact_dir)
+        layout = Layout(self.dir)
         if not self.dir.is_dir():
             raise UserError(f"artefact dir {self.dir} does not exist; pass the --output-dir of bert_ptq.py or export.py")
-        self.cfg = RuntimeConfig.from_dict(_read_json(self.dir / RUNTIME_CONFIG, "not an artefact dir of ptqkit >= runtime "
+        self.cfg = RuntimeConfig.from_dict(_read_json(layout.runtime_json, "not an artefact dir of ptqkit >= runtime "
                                                       "format 1; re-run export.py or bert_ptq.py with this --output-dir"))
         model = self.dir / self.cfg.model_file
         if not model.is_file():
             raise UserError(f"{model} not found: the artefact dir is incomplete; copy all of it")
-        self.tokenizer = Tokenizer(self.dir / TOKENIZER_DIR / "tokenizer.json", self.cfg)
+        self.tokenizer = Tokenizer(layout.tokenizer_json, self.cfg)
         if engine not in ENGINES:
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.engine = engine
@@ -190,7 +189,7 @@ def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int
     """Run the host's stored sentences on each engine here: int8 kernel evidence and argmax agreement with the
     host's fake-quant logits (and with the host int8 engine's labels). `passed` needs both on every engine."""
     artefact_dir = Path(artefact_dir)
-    host = _read_json(artefact_dir / HOST_CHECK, "bert_ptq.py writes it (export.py alone does not); run bert_ptq.py")
+    host = _read_json(Layout(artefact_dir).host_check, "bert_ptq.py writes it (export.py alone does not); run bert_ptq.py")
     texts = [e["text"] if e.get("text_pair") is None else f"{e['text']}\t{e['text_pair']}" for e in host["examples"]]
     fq = np.array([e["fakequant_logits"] for e in host["examples"]]).argmax(-1)
     host_int8 = np.array([e["int8_label"] for e in host["examples"]])

@@ -179,7 +179,7 @@ def build_recipe(recipe: Recipe, payload: Payload, work_dir: Path, threads: int)
     ld = materialize(payload, work_dir)
     calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     q, steps = calibrate(ld, cfg, calib)
-    path = export_int8(ld.model, q, ld.input_names, work_dir / "model_int8_qdq.onnx")
+    path = export_int8(ld.model, q, ld.input_names, artifacts.Layout(work_dir).int8_onnx)
     runner = backend.compile(path, threads, "int8")
     steps["fallback_layers"] = len(q.fallback_layers)
     return ld, runner, steps
@@ -257,14 +257,14 @@ def _make_payload(cfg: SweepConfig, ld: Loaded) -> tuple[Payload, dict]:
                    cfg.run, cfg.holdout, cfg.shape, cfg.rounds), metrics
 
 
-def _tuner(cfg: SweepConfig, payload_ref, exp_dir: Path):
+def _tuner(cfg: SweepConfig, payload_ref, layout: artifacts.Layout):
     """A new Tuner, or the interrupted one restored: finished recipes are kept, the rest rerun."""
+    exp_dir, grid_file = layout.sweep_experiment, layout.sweep_grid
     trainable = tune.with_resources(tune.with_parameters(run_recipe, payload=payload_ref), {"cpu": cfg.cpus_per_recipe})
-    grid_file = exp_dir.parent / "grid.json"
     grid = [asdict(r) for r in cfg.recipes]
     if tune.Tuner.can_restore(str(exp_dir)):
         if json.loads(grid_file.read_text()) != grid:
-            raise UserError(f"{exp_dir.parent.parent} holds a different sweep: rerun it with the same grid to resume, "
+            raise UserError(f"{layout.root} holds a different sweep: rerun it with the same grid to resume, "
                             f"or pass another --output-dir")
         print(f"resuming the sweep in {exp_dir}: finished recipes are kept, unfinished and errored ones rerun")
         return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, restart_errored=True)
@@ -338,7 +338,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     with ray_session(cfg.ray_address, cfg.workers) as cpus:
         workers = max(1, cpus // cfg.cpus_per_recipe)
         print(f"sweep: {len(cfg.recipes)} recipes on {workers} worker(s) of {cfg.cpus_per_recipe} CPU", flush=True)
-        tuner = _tuner(cfg, ray.put(payload), out / "ray" / "sweep")
+        tuner = _tuner(cfg, ray.put(payload), artifacts.Layout(out))
         records = collect(tuner.fit(), cfg.recipes)
     trials_s = time.perf_counter() - start
     unfinished = sum(r["status"] == "unfinished" for r in records)
@@ -383,7 +383,7 @@ def final_round(cfg: SweepConfig, payload: Payload, ld: Loaded, front: list[dict
         for rec in front:
             fp32_name = f"{rec['recipe']['backend']}-fp32"
             if fp32_name not in runners:
-                fp32_path = fp32_path or export_fp32(ld.model, ld.input_names, work / "model_fp32.onnx")
+                fp32_path = fp32_path or export_fp32(ld.model, ld.input_names, artifacts.Layout(work).fp32_onnx)
                 runners[fp32_name] = get_backend(rec["recipe"]["backend"]).compile(fp32_path, 1, "fp32")
             _, runner, _ = build_recipe(Recipe(**rec["recipe"]), payload, work / rec["label"].replace("/", "_"), 1)
             runners[rec["label"]] = runner
@@ -412,13 +412,14 @@ def final_round(cfg: SweepConfig, payload: Payload, ld: Loaded, front: list[dict
 
 def write_outputs(rep: dict, out: Path) -> None:
     """sweep.json, sweep.md and sweep.png (holdout accuracy vs latency), each written atomically."""
-    artifacts.write_json(out / "sweep.json", rep)
-    artifacts.write_text(out / "sweep.md", markdown(rep))
+    layout = artifacts.Layout(out)
+    artifacts.write_json(layout.sweep_json, rep)
+    artifacts.write_text(layout.sweep_md, markdown(rep))
     if any(r["status"] == "ok" for r in rep["recipes"]):
-        plot(rep, out / "sweep.png")
-    for name in ("sweep.json", "sweep.md", "sweep.png"):
-        if (out / name).is_file():
-            print(f"wrote {out / name}")
+        plot(rep, layout.sweep_png)
+    for path in (layout.sweep_json, layout.sweep_md, layout.sweep_png):
+        if path.is_file():
+            print(f"wrote {path}")
 
 
 def markdown(rep: dict) -> str:

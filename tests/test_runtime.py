@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ptqkit import runtime
+from ptqkit.artifacts import Layout
 from ptqkit.bench import BenchConfig, Shape
 from ptqkit.data import Example, encode
 from ptqkit.errors import UserError
@@ -52,12 +53,12 @@ def artefacts(tmp_path_factory, tiny_model_dir) -> tuple[Path, RunConfig]:
 
 
 def _host_check(out: Path) -> dict:
-    return json.loads((out / runtime.HOST_CHECK).read_text())
+    return json.loads(Layout(out).host_check.read_text())
 
 
 def test_artefact_dir_is_self_contained(artefacts) -> None:
     out, cfg = artefacts
-    rc = json.loads((out / runtime.RUNTIME_CONFIG).read_text())
+    rc = json.loads(Layout(out).runtime_json.read_text())
     assert rc["model_file"] == "model_int8_qdq.onnx" and rc["max_seq_len"] == 16
     assert rc["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert rc["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"} and rc["text_pairs"] is False
@@ -73,7 +74,7 @@ def test_tokenizer_matches_the_pipeline(artefacts) -> None:
     """Same ids as transformers' tokenizer, including truncation to max_seq_len."""
     out, cfg = artefacts
     ld = load(cfg)
-    rc = runtime.RuntimeConfig.from_dict(json.loads((out / runtime.RUNTIME_CONFIG).read_text()))
+    rc = runtime.RuntimeConfig.from_dict(json.loads(Layout(out).runtime_json.read_text()))
     tok = runtime.Tokenizer(out / "tokenizer" / "tokenizer.json", rc)
     texts = [e.text for e in ld.task.validation] + ["a " * 40 + "long one", "Émile's café, naïve!"]
     expected = encode(ld.tokenizer, [Example(t, 0) for t in texts], cfg.max_seq_len)

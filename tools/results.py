@@ -52,7 +52,7 @@ def run_set(flags: list[str]) -> Path:
 
 
 def keep(report_dir: Path, name: str, command: str) -> Path:
-    rep = json.loads((report_dir / "report.json").read_text())
+    rep = json.loads(artifacts.Layout(report_dir).report_json.read_text())
     rep["command"], rep["results_set"] = command, name
     suffix = "" if name == "default" else f".{name}"
     path = RESULTS / f"{rep['cpu']['int8_isa']}{suffix}.json"
