@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import one_line
+
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -89,5 +91,4 @@ def _where(e: Exception) -> str:
     """The failing op (first line of the message) and the deepest frame in model code."""
     frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename]
     loc = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} ({frames[-1].line})" if frames else ""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"{type(e).__name__}: {first}{loc}"
+    return f"{one_line(e)}{loc}"

@@ -8,7 +8,7 @@ from typing import Callable
 
 from .bench import BenchConfig
 from .config import CALIB_METHODS, DEVICES, INT8_ATTENTION, RunConfig
-from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError
+from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError, one_line
 from .sysinfo import ARM_INT8_ISAS, X86_INT8_ISAS
 
 
@@ -27,8 +27,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     except Exception as e:  # noqa: BLE001 - the contract is one line, not a traceback wall
         if os.environ.get("PTQKIT_DEBUG"):
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: internal failure: {type(e).__name__}: {first} (set PTQKIT_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"error: internal failure: {one_line(e)} (set PTQKIT_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
     sys.exit(code or 0)
 

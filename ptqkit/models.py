@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from tqdm import tqdm
 
 from .data import TaskData, batches, encode
-from .errors import UserError
+from .errors import UserError, reason
 
 DEFAULT_MODEL = "default"
 CACHE_ENV = "PTQKIT_CACHE"
@@ -56,9 +56,7 @@ def _user_error_on_load(problem: str, fix: str) -> Iterator[None]:
     try:
         yield
     except _LOAD_ERRORS as e:
-        text = str(e).strip()
-        reason = text.splitlines()[0] if text else type(e).__name__
-        raise UserError(f"{problem} ({reason}); {fix}") from None
+        raise UserError(f"{problem} ({reason(e) or type(e).__name__}); {fix}") from None
 
 
 def _looks_like_path(model: str) -> bool:

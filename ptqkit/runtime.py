@@ -20,7 +20,7 @@ import numpy as np
 
 from .artifacts import Layout
 from .backends import get_backend
-from .errors import UserError
+from .errors import UserError, one_line, reason
 
 ENGINES = ("openvino", "onnxruntime")
 RUNTIME_FORMAT = 1
@@ -69,7 +69,7 @@ class Tokenizer:
         try:
             self.tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception on bad files
-            raise UserError(f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0]}); re-run export.py") from None
+            raise UserError(f"{path} is not a readable tokenizer.json ({reason(e)}); re-run export.py") from None
         self.tok.no_padding()
         self.tok.enable_truncation(cfg.max_seq_len)  # the default strategy, longest_first, is transformers' too
         self.cfg = cfg
@@ -203,8 +203,7 @@ def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - one engine failing is reported, the other still runs
-            report["engines"][engine] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-                                         "passed": False}
+            report["engines"][engine] = {"error": one_line(e), "passed": False}
             continue
         agree = round(float((pred == fq).mean()), 4)
         report["engines"][engine] = {

@@ -28,7 +28,7 @@ from .backends.base import ONNX
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, Shape, summarize, synthetic_inputs, time_interleaved
 from .data import TaskData, calibration_batches, encode, train_holdout
-from .errors import UserError
+from .errors import UserError, one_line, reason
 from .evaluation import evaluate, predict_logits
 from .models import load_model
 from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, load
@@ -131,7 +131,7 @@ def _recipes_from_file(path: Path) -> list[Recipe]:
             data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse error is the user's file
         raise UserError(f"grid file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
-                        f"{str(e).splitlines()[0]}") from None
+                        f"{reason(e)}") from None
     if isinstance(data, dict):
         data = data.get("recipes")
     if not isinstance(data, list) or not data or not all(isinstance(r, dict) for r in data):
@@ -226,11 +226,6 @@ def run_recipe(config: dict, payload: Payload | None = None) -> None:
 def timing_shape(model, shape: Shape) -> Shape:
     """The latency shape, its sequence cut to the model's positions (small models have fewer than 128)."""
     return Shape(shape.batch, min(shape.seq_len, int(getattr(model.config, "max_position_embeddings", shape.seq_len))))
-
-
-def one_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
 
 
 # ---------------------------------------------------------------- the sweep (driver)
