@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from .artifacts import Layout
 from .backends import get_backend
+from .cpu import describe
 from .errors import UserError, one_line, reason
 
 ENGINES = ("openvino", "onnxruntime")
@@ -149,29 +149,6 @@ def read_texts(args: Sequence[str], file: str | None, stdin: Iterable[str]) -> l
     return [line for line in lines if line.strip()]
 
 
-def cpu_info() -> dict:
-    """The CPU the engines see: architecture, model, feature flags, and the emulated CPU when under qemu."""
-    info: dict = {"machine": platform.machine(), "cpus": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    for src, dst in (("model name", "model"), ("CPU implementer", "implementer"), ("CPU part", "part")):
-        if src in fields:
-            info[dst] = fields[src]
-    flags = (fields.get("Features") or fields.get("flags") or "").split()
-    info["int8_features"] = [f for f in flags if f in ("asimddp", "i8mm", "sve", "sve2", "svei8mm", "sme", "bf16",
-                                                       "avx2", "avx512_vnni", "avx_vnni", "amx_int8")]
-    info["features"] = " ".join(flags)
-    if os.environ.get("QEMU_CPU"):
-        info["qemu_cpu"] = os.environ["QEMU_CPU"]
-    return info
-
-
 def _int8_primitives(runner) -> dict[str, int]:
     """OpenVINO only: which implementation ran the int8 layers (e.g. gemm_acl_i8 = Arm Compute Library)."""
     if not hasattr(runner, "compiled"):
@@ -193,7 +170,7 @@ def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int
     texts = [e["text"] if e.get("text_pair") is None else f"{e['text']}\t{e['text_pair']}" for e in host["examples"]]
     fq = np.array([e["fakequant_logits"] for e in host["examples"]]).argmax(-1)
     host_int8 = np.array([e["int8_label"] for e in host["examples"]])
-    report: dict = {"cpu": cpu_info(), "sentences": len(texts), "host_int8_engine": host.get("int8_engine"),
+    report: dict = {"cpu": describe(), "sentences": len(texts), "host_int8_engine": host.get("int8_engine"),
                     "min_agreement": MIN_AGREEMENT, "engines": {}}
     for engine in engines:
         try:

@@ -10,11 +10,7 @@ import importlib.metadata
 import os
 import platform
 
-# Flags that decide which int8/bf16 kernels an engine can use.
-INTERESTING_FLAGS = (
-    "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
-    "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2",
-)
+from .cpu import cpu_flags, describe
 PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "torchao", "numpy")
 
 # x86 int8 ISA levels, lowest first. Levels without VNNI accumulate u8 x s8 pairs in saturating 16-bit sums.
@@ -44,26 +40,9 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "CPU part") and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "Features"):
-                    flags.update(value.split())
-    except OSError:
-        pass
-    return model, flags
-
-
 def cpu_info() -> dict:
-    model, flags = _cpuinfo()
-    return {"model": model, "arch": platform.machine(), "flags": [f for f in INTERESTING_FLAGS if f in flags],
-            **int8_isa_info(flags)}
+    """The CPU for a report: cpu.describe() plus the int8 level and what each library says about it."""
+    return {**describe(), **int8_isa_info()}
 
 
 def cpu_label(cpu: dict) -> str:
@@ -94,7 +73,7 @@ def classify_int8_isa(arch: str, flags: set[str], onednn_cap: str | None = None)
 def int8_isa_info(flags: set[str] | None = None) -> dict:
     """`int8_isa` plus what each library says about the CPU, so a reader can check the classification."""
     if flags is None:
-        flags = _cpuinfo()[1]
+        flags = cpu_flags()
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     sources: dict = {"cpu_flags": classify_int8_isa(platform.machine(), flags)}
     if cap:
@@ -119,7 +98,7 @@ def int8_isa_info(flags: set[str] | None = None) -> dict:
 @functools.lru_cache(maxsize=1)
 def host_int8_isa() -> str:
     """The int8 level of this host, read once: every quantizer in the process follows the same contract."""
-    return classify_int8_isa(platform.machine(), _cpuinfo()[1], os.environ.get("ONEDNN_MAX_CPU_ISA"))
+    return classify_int8_isa(platform.machine(), cpu_flags(), os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
 def versions() -> dict:

@@ -116,7 +116,7 @@ def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> 
                            "--report", str(report)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=180)
     rep = json.loads(report.read_text())
     assert proc.returncode == (0 if rep["passed"] else 1), proc.stderr
-    assert rep["cpu"]["machine"] and rep["sentences"] == 40
+    assert rep["cpu"]["arch"] and rep["sentences"] == 40
     ov, ort = rep["engines"]["openvino"], rep["engines"]["onnxruntime"]
     attention = json.loads((out / "report.json").read_text())["quantization"]["config"]["attention_matmuls"]
     assert ov["int8_kernels"] == int8_kernels("openvino", attention)

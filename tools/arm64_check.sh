@@ -129,8 +129,8 @@ with open(tmp, "w") as f:
     f.write("\n")
 os.replace(tmp, dst)
 cpu = rep["cpu"]
-print(f"emulated CPU: {cpu.get('machine')} (QEMU_CPU={cpu.get('qemu_cpu')}, MIDR implementer {cpu.get('implementer')} "
-      f"part {cpu.get('part')}; int8 features: {' '.join(cpu.get('int8_features', []))}), {qemu}")
+print(f"emulated CPU: {cpu.get('arch')} (QEMU_CPU={cpu.get('qemu_cpu')}, MIDR implementer {cpu.get('implementer')} "
+      f"part {cpu.get('part')}; int8 features: {' '.join(cpu.get('flags', []))}), {qemu}")
 print(f"| engine | int8 kernels in its runtime graph | agreement with host fake-quant ({rep['sentences']} sentences) | passed |")
 print("|---|---|---|---|")
 for name, e in rep["engines"].items():
