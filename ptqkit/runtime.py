@@ -19,12 +19,12 @@ import numpy as np
 
 from .artifacts import Layout
 from .backends import get_backend
+from .backends.base import MIN_AGREEMENT
 from .cpu import describe
 from .errors import UserError, one_line, reason
 
 ENGINES = ("openvino", "onnxruntime")
 RUNTIME_FORMAT = 1
-MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,11 @@ from typing import Sequence
 import numpy as np
 
 from .backends import get_backend, installed_engines
-from .backends.base import Engine, ModelForms
+from .backends.base import MIN_AGREEMENT, Engine, ModelForms
 from .bench import BenchConfig, Shape, synthetic_inputs, time_interleaved
 from .errors import one_line
 from .evaluation import argmax_agreement, predict_logits
 
-MIN_AGREEMENT = 0.99
 POOL_SIZE = 2000  # held-out train sentences the fake-quant model scores
 MIN_POOL = 100  # below this, the calibration sentences are used instead (tiny user data sets)
 TIMING = BenchConfig(warmup=3, rounds=20)

@@ -18,6 +18,9 @@ ONNX, MODULE = "onnx", "module"  # the forms of our model an engine can take
 # What an engine's profiler time is split into (Engine.op_times): the weight GEMMs (with whatever the engine fused
 # into them), attention (Q.K^T, softmax, P.V), normalisation/activation/elementwise, everything else.
 OP_KINDS = ("gemm", "attention", "norm_act", "other")
+# An engine's int8 computes what the fake-quant model computes when their argmax agrees on at least this share of
+# sentences: the rule of --backend auto (selection.py) on the host and of predict.py --check on a target.
+MIN_AGREEMENT = 0.99
 
 
 @dataclass
