@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptqkit.artifacts import Layout
+from ptqkit.backends import FILE_ENGINES
 from ptqkit.cli import _Parser, positive_int, run_main
 
 
@@ -21,7 +22,7 @@ def main() -> int:
     p.add_argument("--text-columns", help="comma-separated text column(s) (default: detected)")
     p.add_argument("--label-column", help="label column (default: label, when present); metrics need it")
     p.add_argument("--where", metavar="COLUMN=VALUE", help="only rows whose column equals the value, e.g. source=imdb")
-    p.add_argument("--backend", default="openvino", help="engine: openvino (default) or onnxruntime")
+    p.add_argument("--backend", default=FILE_ENGINES[0], help=f"engine: {' or '.join(FILE_ENGINES)} (default: {FILE_ENGINES[0]})")
     p.add_argument("--batch-size", type=positive_int, default=32, help="rows per engine call")
     p.add_argument("--max-seq-len", type=positive_int, default=128, help="every row is truncated/padded to this")
     p.add_argument("--actors", type=positive_int, help="actors (default: one per --cpus-per-actor CPUs of the machine; "

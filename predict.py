@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
+from ptqkit.artifacts import Layout
+from ptqkit.backends import FILE_ENGINES
 from ptqkit.cli import plain_parser, positive_int, run_main
 
 
@@ -18,10 +21,12 @@ def main() -> int:
     p.add_argument("artefact_dir", help="the --output-dir of bert_ptq.py or export.py (copied to this machine)")
     p.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
     p.add_argument("--file", help="a text file, one input per line")
-    p.add_argument("--engine", default="openvino", help="openvino (default) or onnxruntime; with --check a comma-separated list")
+    p.add_argument("--engine", default=FILE_ENGINES[0], help=f"{' or '.join(FILE_ENGINES)} (default: {FILE_ENGINES[0]}); "
+                   "with --check a comma-separated list")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per engine call")
     p.add_argument("--threads", type=positive_int, help="intra-op threads (default: all cores)")
-    p.add_argument("--check", action="store_true", help="self-check against the host's stored predictions (host_check.json)")
+    p.add_argument("--check", action="store_true", help="self-check against the host's stored predictions "
+                   f"({Layout(Path()).host_check})")
     p.add_argument("--report", help="with --check: also write the check's JSON report to this file")
     args = p.parse_args()
 

@@ -20,8 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import artifacts
-from .backends import get_backend
-from .backends.base import ONNX
+from .backends import FILE_ENGINES, get_backend
 from .data import _text_columns
 from .errors import UserError
 from .metrics import compute_metrics
@@ -42,7 +41,7 @@ class EvalConfig:
     text_columns: tuple[str, ...] | None = None
     label_column: str | None = None
     where: str | None = None  # COLUMN=VALUE: only rows whose column equals the value
-    backend: str = "openvino"
+    backend: str = FILE_ENGINES[0]
     batch_size: int = 32
     max_seq_len: int = 128
     actors: int | None = None  # None: as many as fit the cores (local Ray) or the cluster's CPUs minus one (reading)
@@ -125,8 +124,8 @@ def _check(cfg: EvalConfig) -> tuple[Path, tuple[str, ...], str | None]:
         if not (Path(cfg.artifacts_dir) / name).is_file():
             raise UserError(f"{Path(cfg.artifacts_dir) / name} not found: pass --artifacts with the --output-dir of "
                             f"bert_ptq.py (or export.py)")
-    if get_backend(cfg.backend).takes != ONNX:
-        raise UserError(f"--backend {cfg.backend} compiles the model, not the exported files: use openvino or onnxruntime")
+    if get_backend(cfg.backend).name not in FILE_ENGINES:
+        raise UserError(f"--backend {cfg.backend} compiles the model, not the exported files: use {' or '.join(FILE_ENGINES)}")
     columns = read_columns(path)
     label = cfg.label_column or ("label" if "label" in columns else None)
     if cfg.label_column and cfg.label_column not in columns:

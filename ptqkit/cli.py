@@ -6,6 +6,7 @@ import sys
 import traceback
 from typing import Callable
 
+from .backends import ENGINES, FILE_ENGINES
 from .bench import BenchConfig
 from .config import CALIB_METHODS, DEVICES, INT8_ATTENTION, RunConfig
 from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError, one_line
@@ -71,8 +72,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="model cache (default: $PTQKIT_CACHE or ~/.cache/ptqkit)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT.batch_size, help="evaluation/calibration batch size")
     p.add_argument("--max-seq-len", type=positive_int, default=DEFAULT.max_seq_len, help="truncate inputs to this many tokens")
-    p.add_argument("--backend", default=DEFAULT.backend, help="int8 engine: auto (default: the fastest faithful one among openvino and "
-                   "onnxruntime, measured on this CPU), openvino, onnxruntime or inductor")
+    p.add_argument("--backend", default=DEFAULT.backend, help="int8 engine: auto (default: the fastest faithful one among the "
+                   f"installed {' and '.join(FILE_ENGINES)}, measured on this CPU) or one of {', '.join(ENGINES)}")
     return p
 
 

@@ -18,12 +18,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .artifacts import Layout
-from .backends import get_backend
+from .backends import FILE_ENGINES, get_backend
 from .backends.base import MIN_AGREEMENT
 from .cpu import describe
 from .errors import UserError, one_line, reason
 
-ENGINES = ("openvino", "onnxruntime")
 RUNTIME_FORMAT = 1
 
 
@@ -95,7 +94,7 @@ class Tokenizer:
 class Classifier:
     """An artefact directory compiled on one engine: texts in, logits and labels out."""
 
-    def __init__(self, artefact_dir: str | Path, engine: str = "openvino", threads: int | None = None):
+    def __init__(self, artefact_dir: str | Path, engine: str = FILE_ENGINES[0], threads: int | None = None):
         self.dir = Path(artefact_dir)
         layout = Layout(self.dir)
         if not self.dir.is_dir():
@@ -106,8 +105,8 @@ class Classifier:
         if not model.is_file():
             raise UserError(f"{model} not found: the artefact dir is incomplete; copy all of it")
         self.tokenizer = Tokenizer(layout.tokenizer_json, self.cfg)
-        if engine not in ENGINES:
-            raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if engine not in FILE_ENGINES:
+            raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(FILE_ENGINES)}")
         self.engine = engine
         self.runner = get_backend(engine).compile(model, threads or os.cpu_count() or 1, "int8")
 

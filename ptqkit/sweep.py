@@ -23,8 +23,7 @@ from ray import tune
 from ray.tune import Callback
 
 from . import artifacts
-from .backends import ENGINES, engine_class, get_backend
-from .backends.base import ONNX
+from .backends import ENGINES, FILE_ENGINES, get_backend
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, Shape, summarize, synthetic_inputs, time_interleaved
 from .data import TaskData, calibration_batches, encode, train_holdout
@@ -34,7 +33,6 @@ from .models import load_model
 from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, load
 from .sysinfo import cpu_info, cpu_label
 
-SWEEP_BACKENDS = tuple(n for n in ENGINES if engine_class(n).takes == ONNX)  # engines that compile exported files
 RECIPE_KEYS = ("calib_method", "smoothquant", "max_accuracy_drop", "backend")
 
 
@@ -45,7 +43,7 @@ class Recipe:
     calib_method: str | None = None  # None: the device's default
     smoothquant: float | None = None
     max_accuracy_drop: float | None = None  # auto-fallback budget in points; None: off
-    backend: str = "openvino"
+    backend: str = FILE_ENGINES[0]
 
     def label(self) -> str:
         parts = [self.backend, self.calib_method or "default"]
@@ -97,7 +95,7 @@ def parse_grid(flags: dict[str, str | None], grid_file: str | None) -> list[Reci
         "calib_method": _items(flags.get("calib_method"), lambda s: s, None),
         "smoothquant": _items(flags.get("smoothquant"), float, None),
         "max_accuracy_drop": _items(flags.get("max_accuracy_drop"), float, None),
-        "backend": _items(flags.get("backend"), lambda s: s, "openvino"),
+        "backend": _items(flags.get("backend"), lambda s: s, FILE_ENGINES[0]),
     }
     return [_recipe(dict(zip(values, combo))) for combo in itertools.product(*values.values())]
 
@@ -145,9 +143,9 @@ def _recipe(values: dict, source: Path | None = None) -> Recipe:
     if unknown:
         raise UserError(f"{source or 'grid'}: unknown recipe key(s) {', '.join(unknown)}; use {', '.join(RECIPE_KEYS)}")
     recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
-    if recipe.backend not in SWEEP_BACKENDS:
-        raise UserError(f"sweep backend {recipe.backend!r}: use {' or '.join(SWEEP_BACKENDS)} "
-                        f"({', '.join(n for n in ENGINES if n not in SWEEP_BACKENDS)} compile the model, not files: "
+    if recipe.backend not in FILE_ENGINES:
+        raise UserError(f"sweep backend {recipe.backend!r}: use {' or '.join(FILE_ENGINES)} "
+                        f"({', '.join(n for n in ENGINES if n not in FILE_ENGINES)} compile the model, not files: "
                         "use bert_ptq.py --backend ENGINE)")
     return recipe
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptqkit.backends import get_backend
+from ptqkit.backends import FILE_ENGINES, get_backend
 from ptqkit.export import export_onnx
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
-
-ENGINES = ("openvino", "onnxruntime")
-
 
 EXAMPLE = make_batch(1, 16, seed=5)  # export shape
 EVAL = make_batch(32, 20, seed=7)  # run shape (dynamic axes)
@@ -50,7 +47,7 @@ def artefacts(tmp_path_factory):
     return arts
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=FILE_ENGINES)
 def engine(request):
     return get_backend(request.param)  # openvino and onnxruntime are requirements: missing is a failure
 

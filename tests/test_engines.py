@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ptqkit import backends
-from ptqkit.backends.base import MODULE, Engine, KernelEvidence
+from ptqkit.backends.base import MODULE, ONNX, Engine, KernelEvidence
 from ptqkit.pipeline import run
 from ptqkit.qmodel import QuantLinear
 from test_pipeline import user_cfg  # noqa: F401 - the tiny model and CSV task fixture
@@ -48,3 +48,9 @@ def test_example_engine_runs_through_the_pipeline(user_cfg, tmp_path, monkeypatc
     assert ours["agreement_with_fakequant"] == 1.0 and by_name["eager-fp32"]["agreement_with_fp32"] == 1.0
     assert ours["metrics"] == by_name["pytorch-fakequant"]["metrics"]
     assert all(by_name[n]["latency_ms"] for n in ("pytorch-fp32", "eager-fp32", "eager-int8"))
+
+
+def test_file_engines_are_the_engines_that_take_the_onnx_file():
+    """FILE_ENGINES names them without importing the engines (the torch-free runtime offers exactly these)."""
+    takes_file = [name for name in backends.ENGINES if backends.engine_class(name).takes == ONNX]
+    assert list(backends.FILE_ENGINES) == takes_file and "inductor" in backends.ENGINES

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ptqkit import peers, roofline
-from ptqkit.backends import get_backend
+from ptqkit.backends import FILE_ENGINES, get_backend
 from ptqkit.backends.base import OP_KINDS
 from ptqkit.backends.openvino import op_kind, perf_counters
 from ptqkit.sysinfo import onednn_bf16_capped
@@ -18,7 +18,6 @@ from ptqkit.profile import profile_cell
 from ptqkit.quantizer import Quantizer, run_calibration
 from tiny import NAMES, make_batch, tiny_bert
 
-ENGINES = ("openvino", "onnxruntime")
 # growing and shrinking batch and length: a runner must follow shape changes between calls
 SHAPES = ((1, 16), (4, 40), (2, 8), (1, 64), (3, 16), (1, 16))
 
@@ -52,7 +51,7 @@ def _plain(engine: str, path, precision: str):
     return lambda inputs: runner.session.run(None, {n: inputs[n] for n in runner.input_names})[0]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", FILE_ENGINES)
 @pytest.mark.parametrize("model", ["fp32", "x86"])
 def test_zero_copy_runner_equals_plain_call_across_shapes(engine, model, onnx_files):
     precision = "fp32" if model == "fp32" else "int8"
@@ -76,7 +75,7 @@ def test_openvino_runner_reads_non_contiguous_inputs(onnx_files):
     np.testing.assert_array_equal(runner(strided), runner(inputs))
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", FILE_ENGINES)
 @pytest.mark.parametrize("model", ["fp32", "x86"])
 def test_op_times_split_by_kind(engine, model, onnx_files):
     precision = "fp32" if model == "fp32" else "int8"
@@ -205,7 +204,7 @@ def test_activation_dtype_follows_the_contract(onnx_files):
     assert roofline.activation_dtype(onnx_files["aarch64"]) == "int8"  # symmetric int8 on aarch64
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", FILE_ENGINES)
 def test_int8_peak_runs_int8_kernels(engine, monkeypatch):
     monkeypatch.setattr(roofline, "PEAK_SHAPES", ((64, 128, 128), (128, 128, 256)))
     peak = roofline.int8_peak(get_backend(engine), 1, "uint8")

@@ -11,6 +11,7 @@ import pytest
 
 from ptqkit import runtime
 from ptqkit.artifacts import Layout
+from ptqkit.backends import FILE_ENGINES
 from ptqkit.bench import BenchConfig, Shape
 from ptqkit.data import Example, encode
 from ptqkit.errors import UserError
@@ -82,7 +83,7 @@ def test_tokenizer_matches_the_pipeline(artefacts) -> None:
     assert max(len(f["input_ids"]) for f in expected) == 16
 
 
-@pytest.mark.parametrize("engine", runtime.ENGINES)
+@pytest.mark.parametrize("engine", FILE_ENGINES)
 def test_predict_cli_gives_the_host_int8_labels(artefacts, engine: str, tmp_path: Path) -> None:
     """predict.py over a file, JSON lines out, equals the labels of the pipeline's int8 variant."""
     out, _ = artefacts

@@ -1,6 +1,7 @@
 """Engines that run a model for real; each file is one engine behind the interface in base.py.
 
-A new engine is one file here (a base.Engine subclass) plus one line in ENGINES.
+A new engine is one file here (a base.Engine subclass) plus one line in ENGINES (in _FILE_TAKERS when it
+compiles the exported ONNX file: those run where torch is absent, so predict.py, evaluate.py and sweeps offer them).
 """
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import importlib.util
 from ..errors import UserError
 from .base import Engine
 
-ENGINES = {  # name -> "module:class"
+_FILE_TAKERS = {  # name -> "module:class" of the engines whose `takes` is ONNX (the exported file)
     "openvino": "ptqkit.backends.openvino:OpenVINOBackend",
     "onnxruntime": "ptqkit.backends.onnxruntime:ORTBackend",
-    "inductor": "ptqkit.backends.inductor:InductorBackend",
 }
+ENGINES = {**_FILE_TAKERS, "inductor": "ptqkit.backends.inductor:InductorBackend"}
+# Named without importing the engines' modules (Inductor's imports torch); the first is the default wherever a
+# command compiles exported files.
+FILE_ENGINES = tuple(_FILE_TAKERS)
 
 
 def engine_class(name: str) -> type[Engine]:
