@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import one_line
-
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+from .inputs import INPUT_NAMES
 
 
 class CaptureError(Exception):

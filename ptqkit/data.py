@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .errors import UserError
+from .inputs import INPUT_NAMES, pad
 
 DEFAULT_TASK = "rotten_tomatoes"
 RT_VALIDATION_SIZE = 1000
@@ -384,23 +385,13 @@ def encode(tokenizer, examples: Sequence[Example], max_seq_len: int) -> list[dic
         enc = tokenizer(texts, [p or "" for p in pairs], truncation=True, max_length=max_seq_len)
     else:
         enc = tokenizer(texts, truncation=True, max_length=max_seq_len)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    keys = [k for k in INPUT_NAMES if k in enc]
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
 
-# Batches are at least this long: MobileBERT's captured graph rules out seq_len 2 (a batch of empty texts is
-# [CLS] [SEP]); the extra position is masked padding, so outputs do not change.
-MIN_BATCH_SEQ_LEN = 3
-
-
 def pad_batch(features: Sequence[dict[str, list[int]]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad a list of tokenized examples to the longest one (at least MIN_BATCH_SEQ_LEN), or to `length`."""
-    n = length or max(MIN_BATCH_SEQ_LEN, *(len(f["input_ids"]) for f in features))
-    out: dict[str, torch.Tensor] = {}
-    for key in features[0]:
-        fill = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor([f[key][:n] + [fill] * (n - len(f[key][:n])) for f in features], dtype=torch.long)
-    return out
+    """inputs.pad as torch tensors: to the longest example (at least MIN_BATCH_SEQ_LEN), or to `length`."""
+    return {name: torch.from_numpy(array) for name, array in pad(features, pad_id, length=length).items()}
 
 
 def batches(features: Sequence[dict[str, list[int]]], batch_size: int, pad_id: int,

@@ -22,6 +22,7 @@ from .backends import FILE_ENGINES, get_backend
 from .backends.base import MIN_AGREEMENT
 from .cpu import describe
 from .errors import UserError, one_line, reason
+from .inputs import pad
 
 RUNTIME_FORMAT = 1
 
@@ -82,13 +83,8 @@ class Tokenizer:
         return [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids} for e in encs]
 
     def pad(self, features: Sequence[dict[str, list[int]]]) -> dict[str, np.ndarray]:
-        """Right-pad to the longest in the batch: int64 arrays for the model's inputs."""
-        n = max(len(f["input_ids"]) for f in features)
-        out = {}
-        for name in self.cfg.input_names:
-            fill = self.cfg.pad_id if name == "input_ids" else 0
-            out[name] = np.array([f[name] + [fill] * (n - len(f[name])) for f in features], dtype=np.int64)
-        return out
+        """Right-pad to the longest in the batch, as the pipeline does (inputs.pad): the model's inputs only."""
+        return pad(features, self.cfg.pad_id, self.cfg.input_names)
 
 
 class Classifier:

@@ -15,9 +15,10 @@ import torch
 
 from .capture import example_inputs, model_input_names
 from .errors import UserError
+from .inputs import INPUT_NAMES
 
-BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-NO_TOKEN_TYPES = ("input_ids", "attention_mask")
+BERT_INPUTS = INPUT_NAMES
+NO_TOKEN_TYPES = INPUT_NAMES[:2]  # RoBERTa-style tokenizers emit no token types
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 _ROBERTA = dict(_SMALL, type_vocab_size=1)  # as in the released RoBERTa-family checkpoints
 # DeBERTa-v3 checkpoints: relative attention with shared keys, no absolute positions, one segment type.

@@ -30,7 +30,7 @@ from .data import TaskData, calibration_batches, encode, train_holdout
 from .errors import UserError, one_line, reason
 from .evaluation import evaluate, predict_logits
 from .models import load_model
-from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, load
+from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, feed_inputs, load
 from .sysinfo import cpu_info, cpu_label
 
 RECIPE_KEYS = ("calib_method", "smoothquant", "max_accuracy_drop", "backend")
@@ -159,9 +159,7 @@ def materialize(payload: Payload, work_dir: Path) -> Loaded:
     for name, data in payload.model_files.items():
         (model_dir / name).write_bytes(data)
     model, tokenizer, _ = load_model(str(model_dir), payload.task)
-    first = encode(tokenizer, payload.task.train[:1], 8)[0]
-    names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in first)
-    return Loaded(payload.task, model, tokenizer, payload.model_name, names, [], [])
+    return Loaded(payload.task, model, tokenizer, payload.model_name, feed_inputs(model, tokenizer), [], [])
 
 
 def build_recipe(recipe: Recipe, payload: Payload, work_dir: Path, threads: int):
