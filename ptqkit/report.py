@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from .bench import BenchConfig
+from .markdown import cell_key, cell_name, table
 from .selection import describe
 from .sysinfo import cpu_info, cpu_label, versions
 
@@ -85,68 +86,64 @@ def markdown(rep: dict) -> str:
         lines += [f"Captured with torch.export: {rep['quantization']['capture']}.", ""]
     sel = rep.get("backend_selection")
     if sel:
-        lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", "",
-                  f"| candidate | ms ({sel['shape']}, {sel['threads']}t, {sel['rounds']} rounds) | engine fp32 ms | "
-                  "agreement with fake-quant | mean logit difference | int8 kernels | eligible |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | failed: {r['error']} | | | | | no |" if r.get("status") == "failed" else
-                  f"| {r['name']} | {r['median_ms']:.2f} | {r['engine_fp32_ms']:.2f} | {r['agreement_with_fakequant']:.4f} | "
-                  f"{r['mean_logit_error']:.4f} | {r['int8_kernels']} | {'yes' if r['eligible'] else 'no'} |"
-                  for r in sel["candidates"]]
+        lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", ""]
+        lines += table(["candidate", f"ms ({sel['shape']}, {sel['threads']}t, {sel['rounds']} rounds)", "engine fp32 ms",
+                        "agreement with fake-quant", "mean logit difference", "int8 kernels", "eligible"],
+                       [[r["name"], f"failed: {r['error']}", "", "", "", "", "no"] if r.get("status") == "failed" else
+                        [r["name"], f"{r['median_ms']:.2f}", f"{r['engine_fp32_ms']:.2f}",
+                         f"{r['agreement_with_fakequant']:.4f}", f"{r['mean_logit_error']:.4f}", r["int8_kernels"],
+                         "yes" if r["eligible"] else "no"] for r in sel["candidates"]])
         lines.append("")
     metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})
     if metric_names:
         lines += [f"## Accuracy ({rep['eval_examples']} validation examples)", "",
                   "Fidelity first: agreement with fp32 is the share of examples whose predicted class (argmax) is "
-                  "the PyTorch fp32 model's; it moves with every changed prediction, where accuracy can hide them.", "",
-                  "| variant | agreement with fp32 | " + " | ".join(metric_names) + " | agreement with fake-quant |",
-                  "|---|" + "---|" * (len(metric_names) + 2)]
+                  "the PyTorch fp32 model's; it moves with every changed prediction, where accuracy can hide them.", ""]
+        rows = []
         for v in (v for v in rep["variants"] if v.get("metrics")):
             agree = "1 (reference)" if v["name"] == "pytorch-fp32" else _cell(v, "agreement_with_fp32")
-            cells = [f"**{agree}**" if agree else ""]
-            cells += [f"{v['metrics'][m]:.4f}" if m in v["metrics"] else "" for m in metric_names]
-            cells.append(_cell(v, "agreement_with_fakequant"))
-            lines.append(f"| {_label(v)} | " + " | ".join(cells) + " |")
+            rows.append([_label(v), f"**{agree}**" if agree else "",
+                         *(f"{v['metrics'][m]:.4f}" if m in v["metrics"] else "" for m in metric_names),
+                         _cell(v, "agreement_with_fakequant")])
+        lines += table(["variant", "agreement with fp32", *metric_names, "agreement with fake-quant"], rows)
         lines.append("")
     timed = [v for v in rep["variants"] if v.get("latency_ms")]
     if timed:
-        base = {(r["batch"], r["seq_len"], r["threads"]): r["median"]
-                for v in timed if v["name"] == "pytorch-fp32" for r in v["latency_ms"]}
-        cells = [(r["batch"], r["seq_len"], r["threads"]) for r in timed[0]["latency_ms"]]
-        head = " | ".join(f"{b}x{s} {t}t" for b, s, t in cells)
-        lines += ["## Latency (median ms, interleaved; speedup vs PyTorch eager fp32 in brackets)", "",
-                  f"| variant | {head} |", "|---|" + "---|" * len(cells)]
+        base = {cell_key(r): r["median"] for v in timed if v["name"] == "pytorch-fp32" for r in v["latency_ms"]}
+        cells = [cell_key(r) for r in timed[0]["latency_ms"]]
+        rows = []
         for v in timed:
-            row = {(r["batch"], r["seq_len"], r["threads"]): r for r in v["latency_ms"]}
+            row = {cell_key(r): r for r in v["latency_ms"]}
             out = []
             for c in cells:
                 r = row.get(c)
                 speed = f" ({base[c] / r['median']:.2f}x)" if r and c in base else ""
                 out.append(f"{r['median']:.2f}{speed}" if r else "")
-            lines.append(f"| {_label(v)} | " + " | ".join(out) + " |")
+            rows.append([_label(v), *out])
+        lines += ["## Latency (median ms, interleaved; speedup vs PyTorch eager fp32 in brackets)", ""]
+        lines += table(["variant", *map(cell_name, cells)], rows)
         lines += ["", "p90 per cell is in report.json.", ""]
         batched = [c for c in cells if c[0] > 1]
         if batched:
-            lines += ["## Throughput (sequences/s, from the same medians)", "",
-                      "| variant | " + " | ".join(f"{b}x{s} {t}t" for b, s, t in batched) + " |",
-                      "|---|" + "---|" * len(batched)]
-            for v in timed:
-                row = {(r["batch"], r["seq_len"], r["threads"]): r for r in v["latency_ms"]}
-                lines.append(f"| {_label(v)} | " + " | ".join(
-                    f"{row[c]['throughput_seq_s']:.1f}" if c in row else "" for c in batched) + " |")
+            lines += ["## Throughput (sequences/s, from the same medians)", ""]
+            throughput = [{cell_key(r): r for r in v["latency_ms"]} for v in timed]
+            lines += table(["variant", *map(cell_name, batched)],
+                           [[_label(v), *(f"{row[c]['throughput_seq_s']:.1f}" if c in row else "" for c in batched)]
+                            for v, row in zip(timed, throughput)])
             lines.append("")
     lines += _profile_lines(rep) + _limit_lines(rep)
     with_kernels = [v for v in rep["variants"] if "int8_kernels" in v]
     if with_kernels:
-        lines += ["## Kernel evidence (from each engine's own runtime graph)", "",
-                  "| variant | int8 kernels | fp32 kernels | other | details |", "|---|---|---|---|---|"]
-        for v in with_kernels:
-            details = ", ".join(f"{k}: {n}" for k, n in sorted(v.get("kernel_details", {}).items()))
-            lines.append(f"| {_label(v)} | {v['int8_kernels']} | {v['fp32_kernels']} | {v.get('other_kernels', 0)} | {details} |")
+        lines += ["## Kernel evidence (from each engine's own runtime graph)", ""]
+        lines += table(["variant", "int8 kernels", "fp32 kernels", "other", "details"],
+                       [[_label(v), v["int8_kernels"], v["fp32_kernels"], v.get("other_kernels", 0),
+                         ", ".join(f"{k}: {n}" for k, n in sorted(v.get("kernel_details", {}).items()))]
+                        for v in with_kernels])
         lines.append("")
     failed = [v for v in rep["variants"] if v.get("status") == "failed"]
     if failed:
-        lines += ["## Failed (not evaluated or timed)", "", "| variant | reason |", "|---|---|"]
-        lines += [f"| {_label(v)} | {v['error'].replace('|', '/')} |" for v in failed]
+        lines += ["## Failed (not evaluated or timed)", ""]
+        lines += table(["variant", "reason"], [[_label(v), v["error"]] for v in failed])
         lines.append("")
     return "\n".join(lines)
 
@@ -156,20 +153,19 @@ def _profile_lines(rep: dict) -> list[str]:
     profiled = [v for v in rep["variants"] if v.get("profile") or v.get("profile_error")]
     if not profiled:
         return []
-    lines = ["## Engine time (the engine's own profiler, median ms of a profiling copy; end-to-end: the timed runner)",
-             "", "| variant | cell | end-to-end (latency table) | engine | GEMM | attention | norm/act | other | "
-             "outside the engine |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for v in profiled:
         if v.get("profile_error"):
-            error = v["profile_error"].replace("|", "/")
-            lines.append(f"| {_label(v)} | profiler failed: {error} | | | | | | | |")
-        medians = {(r["batch"], r["seq_len"], r["threads"]): r["median"] for r in v.get("latency_ms", [])}
+            rows.append([_label(v), f"profiler failed: {v['profile_error']}", "", "", "", "", "", "", ""])
+        medians = {cell_key(r): r["median"] for r in v.get("latency_ms", [])}
         for c in v.get("profile", []):
-            table = medians.get((c["batch"], c["seq_len"], c["threads"]))
-            end_to_end = f"{c['end_to_end']:.2f}" + (f" ({table:.2f})" if table is not None else "")
-            lines.append(f"| {_label(v)} | {c['batch']}x{c['seq_len']} {c['threads']}t | {end_to_end} | "
-                         f"**{c['engine']:.2f}** | {c['gemm']:.2f} | {c['attention']:.2f} | {c['norm_act']:.2f} | "
-                         f"{c['other']:.2f} | {c['outside']:.2f} |")
+            median = medians.get(cell_key(c))
+            end_to_end = f"{c['end_to_end']:.2f}" + (f" ({median:.2f})" if median is not None else "")
+            rows.append([_label(v), cell_name(cell_key(c)), end_to_end, f"**{c['engine']:.2f}**", f"{c['gemm']:.2f}",
+                         f"{c['attention']:.2f}", f"{c['norm_act']:.2f}", f"{c['other']:.2f}", f"{c['outside']:.2f}"])
+    lines = ["## Engine time (the engine's own profiler, median ms of a profiling copy; end-to-end: the timed runner)", ""]
+    lines += table(["variant", "cell", "end-to-end (latency table)", "engine", "GEMM", "attention", "norm/act", "other",
+                    "outside the engine"], rows)
     return lines + ["", "GEMM time is what the profiler books on the weight-GEMM nodes, including what the engine fused "
                     "into them (bias, dequantization, activation, requantization); outside = end-to-end minus engine "
                     "(Python, input/output binding, dispatch).", ""]
@@ -187,12 +183,12 @@ def _limit_lines(rep: dict) -> list[str]:
         lines += [f"## Limit: the model's GEMMs against {lim['engine']}'s measured int8 GEMM peak ({peaks})", "",
                   f"Peak: the best of single {lim['activations']} x int8 QDQ GEMMs (MxKxN {shapes}; float and "
                   "requantized outputs) timed by the engine's profiler on this CPU. GEMM MACs from the model's "
-                  "config.", "",
-                  "| variant | cell | GEMM GMAC | GEMM ms (profiler) | GEMM GMAC/s | share of peak | end-to-end ms | "
-                  "GEMM MACs / end-to-end, share of peak |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['batch']}x{r['seq_len']} {r['threads']}t | {r['gemm_macs'] / 1e9:.2f} | "
-                  f"{r['gemm_ms']:.2f} | {r['gemm_gmac_s']:.1f} | **{r['gemm_share_of_peak']:.0%}** | "
-                  f"{r['end_to_end_ms']:.2f} | {r['end_to_end_share_of_peak']:.0%} |" for r in lim["rows"]]
+                  "config.", ""]
+        lines += table(["variant", "cell", "GEMM GMAC", "GEMM ms (profiler)", "GEMM GMAC/s", "share of peak",
+                        "end-to-end ms", "GEMM MACs / end-to-end, share of peak"],
+                       [[r["name"], cell_name(cell_key(r)), f"{r['gemm_macs'] / 1e9:.2f}", f"{r['gemm_ms']:.2f}",
+                         f"{r['gemm_gmac_s']:.1f}", f"**{r['gemm_share_of_peak']:.0%}**", f"{r['end_to_end_ms']:.2f}",
+                         f"{r['end_to_end_share_of_peak']:.0%}"] for r in lim["rows"]])
         lines.append("")
     return lines
 

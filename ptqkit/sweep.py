@@ -28,6 +28,7 @@ from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, Shape, summarize, synthetic_inputs, time_interleaved
 from .data import TaskData, calibration_batches, encode, train_holdout
 from .errors import UserError, one_line, reason
+from .markdown import table
 from .evaluation import evaluate, predict_logits
 from .models import load_model
 from .pipeline import Loaded, RunConfig, calibrate, export_fp32, export_int8, feed_inputs, load
@@ -420,28 +421,25 @@ def markdown(rep: dict) -> str:
              f"CPU of the driver's node, where the Pareto front is re-timed: {cpu_label(rep['cpu'])}.", "",
              f"Holdout: {rep['holdout_examples']} train examples (never validation); fp32 {m} "
              f"{rep['fp32']['holdout'][m]:.4f}. Trial latency: int8 median ms at {rep['retimed']['shape']}, one "
-             f"thread per CPU of the trial, on whichever node ran it (not comparable across nodes).", "",
-             f"| recipe | status | holdout {m} | drop (pt) | agreement with fp32 | fallback layers | trial ms |",
-             "|---|---|---|---|---|---|---|"]
+             f"thread per CPU of the trial, on whichever node ran it (not comparable across nodes).", ""]
+    rows = []
     for r in rep["recipes"]:
         label = r["label"]
         if r["status"] != "ok":
-            lines.append(f"| {label} | {r['status']}: {r.get('error', '')} | | | | | |")
+            rows.append([label, f"{r['status']}: {r.get('error', '')}", "", "", "", "", ""])
             continue
         h = r["holdout"]
         mark = " **(chosen)**" if label == chosen else " (front)" if label in rep["pareto_front"] else ""
-        lines.append(f"| {label}{mark} | ok | {h[m]:.4f} | {h['drop_pt']:+.2f} | {h['agreement_with_fp32']:.4f} | "
-                     f"{h['fallback_layers']} | {h['latency_ms']:.2f} |")
+        rows.append([f"{label}{mark}", "ok", f"{h[m]:.4f}", f"{h['drop_pt']:+.2f}", f"{h['agreement_with_fp32']:.4f}",
+                     h["fallback_layers"], f"{h['latency_ms']:.2f}"])
+    lines += table(["recipe", "status", f"holdout {m}", "drop (pt)", "agreement with fp32", "fallback layers", "trial ms"],
+                   rows)
     lines += ["", f"Pareto front re-timed on the driver's node, interleaved, {rep['retimed']['rounds']} rounds, "
-              f"1 thread, {rep['retimed']['shape']} (validation: {rep['validation_examples']} examples):", "",
-              f"| model | validation {m} | median ms |", "|---|---|---|"]
-    for name, ms in rep["retimed"]["fp32_ms"].items():
-        lines.append(f"| {name} | {rep['fp32']['validation'][name][m]:.4f} | {ms:.2f} |")
-    for r in rep["recipes"]:
-        if r.get("label") in rep["pareto_front"]:
-            f = r["final"]
-            lines.append(f"| {r['label']}{' **(chosen)**' if r['label'] == chosen else ''} | "
-                         f"{f['validation'][m]:.4f} | {f['latency_ms']:.2f} |")
+              f"1 thread, {rep['retimed']['shape']} (validation: {rep['validation_examples']} examples):", ""]
+    rows = [[name, f"{rep['fp32']['validation'][name][m]:.4f}", f"{ms:.2f}"] for name, ms in rep["retimed"]["fp32_ms"].items()]
+    rows += [[f"{r['label']}{' **(chosen)**' if r['label'] == chosen else ''}", f"{r['final']['validation'][m]:.4f}",
+              f"{r['final']['latency_ms']:.2f}"] for r in rep["recipes"] if r.get("label") in rep["pareto_front"]]
+    lines += table(["model", f"validation {m}", "median ms"], rows)
     if chosen is None:
         lines += ["", f"No recipe is within {rep['choose_within_pt']} pt of fp32 on the holdout."]
     return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ptqkit import artifacts  # noqa: E402
+from ptqkit.markdown import cell_key, cell_name, table as md_table  # noqa: E402
 from ptqkit.selection import describe  # noqa: E402
 from ptqkit.sysinfo import ARM_INT8_ISAS, X86_INT8_ISAS  # noqa: E402
 
@@ -65,9 +66,8 @@ def table(rep: dict) -> str:
     """One CPU class: header with the CPU, the variants' accuracy, fidelity and latency (speedup vs eager fp32)."""
     cpu = rep["cpu"]
     timed = [v for v in rep["variants"] if v.get("latency_ms") or v.get("metrics")]
-    cells = [(r["batch"], r["seq_len"], r["threads"]) for v in timed[:1] for r in v.get("latency_ms", [])]
-    base = {(r["batch"], r["seq_len"], r["threads"]): r["median"]
-            for v in rep["variants"] if v["name"] == "pytorch-fp32" for r in v.get("latency_ms", [])}
+    cells = [cell_key(r) for v in timed[:1] for r in v.get("latency_ms", [])]
+    base = {cell_key(r): r["median"] for v in rep["variants"] if v["name"] == "pytorch-fp32" for r in v.get("latency_ms", [])}
     sel = rep.get("backend_selection")
     versions = ", ".join(f"{k} {v}" for k, v in rep["versions"].items() if k != "python")
     bench = rep["bench"]
@@ -81,18 +81,18 @@ def table(rep: dict) -> str:
              + " (batched cells also in sequences/s).", ""]
     if sel:
         lines += [f"`--backend auto` chose **{sel['chosen']}**: " + "; ".join(describe(c) for c in sel["candidates"]) + ".", ""]
-    head = " | ".join(f"{b}x{s} {t}t" for b, s, t in cells)
-    lines += [f"| variant | accuracy | agreement with fp32 | int8 kernels | {head} |", "|---|---|---|---|" + "---|" * len(cells)]
+    rows = []
     for v in timed:
-        row = {(r["batch"], r["seq_len"], r["threads"]): r for r in v.get("latency_ms", [])}
+        row = {cell_key(r): r for r in v.get("latency_ms", [])}
         lat = [f"{row[c]['median']:.2f}" + (f" = {row[c]['throughput_seq_s']:.0f}/s" if c[0] > 1 else "")
                + (f" ({base[c] / row[c]['median']:.2f}x)" if c in base and v["name"] != "pytorch-fp32" else "")
                if c in row else "" for c in cells]
         acc = next(iter(v.get("metrics", {}).values()), None)
         kind = " (peer)" if v.get("peer") else " (ours)" if v["precision"].startswith("int8") and "fakequant" not in v["precision"] else ""
         name = f"**{v['name']}**" if kind == " (ours)" else v["name"]
-        lines.append(f"| {name}{kind} | {'' if acc is None else f'{acc:.3f}'} | {v.get('agreement_with_fp32', 1.0 if v['name'] == 'pytorch-fp32' and acc is not None else ''):} "
-                     f"| {v.get('int8_kernels', '')} | " + " | ".join(lat) + " |")
+        agreement = v.get("agreement_with_fp32", 1.0 if v["name"] == "pytorch-fp32" and acc is not None else "")
+        rows.append([f"{name}{kind}", "" if acc is None else f"{acc:.3f}", agreement, v.get("int8_kernels", ""), *lat])
+    lines += md_table(["variant", "accuracy", "agreement with fp32", "int8 kernels", *map(cell_name, cells)], rows)
     return "\n".join(lines + time_split(rep)) + "\n"
 
 
@@ -110,18 +110,17 @@ def time_split(rep: dict) -> list[str]:
     if not shown:
         return []
     lines = ["", "Where one thread's time goes (engine profiler, torch.profiler for PyTorch; median ms; GEMM share = "
-             "model GEMM MACs / profiled GEMM time / the engine's measured int8 GEMM peak):", "",
-             "| variant | cell | end-to-end | engine | GEMM | attention | norm/act | other | outside | GEMM share of peak |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "model GEMM MACs / profiled GEMM time / the engine's measured int8 GEMM peak):", ""]
+    rows = []
     for v in shown:
         for c in (c for c in v["profile"] if c["threads"] == 1):
-            row = share.get((v["name"], c["batch"], c["seq_len"], c["threads"]))
+            row = share.get((v["name"], *cell_key(c)))
             peak = peaks.get((v.get("engine"), c["threads"]))
             cell = f"{row['gemm_share_of_peak']:.0%} of {peak} GMAC/s" if row and peak else ""
-            lines.append(f"| {v['name']} | {c['batch']}x{c['seq_len']} | {c['end_to_end']:.2f} | {c['engine']:.2f} | "
-                         f"{c['gemm']:.2f} | {c['attention']:.2f} | {c['norm_act']:.2f} | {c['other']:.2f} | "
-                         f"{c['outside']:.2f} | {cell} |")
-    return lines
+            rows.append([v["name"], f"{c['batch']}x{c['seq_len']}", *(f"{c[k]:.2f}" for k in (
+                "end_to_end", "engine", "gemm", "attention", "norm_act", "other", "outside")), cell])
+    return lines + md_table(["variant", "cell", "end-to-end", "engine", "GEMM", "attention", "norm/act", "other",
+                             "outside", "GEMM share of peak"], rows)
 
 
 def _order(rep: dict) -> tuple[int, int]:
