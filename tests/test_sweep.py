@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ptqkit.errors import UserError
-from ptqkit.sweep import Recipe, parse_grid, pareto_front
+from ptqkit.sweep import pareto_front
+from ptqkit.sweep_grid import Recipe, parse_grid
 from ptqkit.sysinfo import SATURATING_ISAS, host_int8_isa
 from test_pipeline import REPO, _write_csv
 from tiny import int8_kernels
