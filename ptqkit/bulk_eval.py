@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,14 +19,12 @@ from tqdm import tqdm
 
 from . import artifacts
 from .backends import FILE_ENGINES, get_backend
+from .bulk_engines import ARTEFACTS, EnginePair, engine_files
 from .data import _text_columns
 from .errors import UserError
 from .metrics import compute_metrics
 
 INPUT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-# What the actors need from bert_ptq.py's output dir, by their names relative to it (keys of the files that travel)
-NAMES = artifacts.Layout(Path())
-ARTEFACTS = (NAMES.fp32_onnx, NAMES.int8_onnx)
 
 
 @dataclass
@@ -50,49 +46,6 @@ class EvalConfig:
     limit: int | None = None
     local: bool = False  # no Ray: the same engines in this process (the reference for the Ray run)
     predictions: bool = False  # also write every row's predictions (predictions.csv)
-
-
-class EnginePair:
-    """fp32 and int8 engines plus the tokenizer, loaded once: the per-actor state of the Ray Data pool.
-
-    Kept to this one class so that the torch-free runtime (ptqkit.runtime, another branch) can replace the load
-    and predict code here without touching the pipeline around it."""
-
-    def __init__(self, files, backend: str, text_columns: tuple[str, ...], max_seq_len: int,
-                 label: str | None = None, threads: int = 1):
-        import ray
-        from transformers import AutoTokenizer
-
-        if isinstance(files, ray.ObjectRef):
-            files = ray.get(files)
-        # The files are only read while loading: the directory goes once the engines hold the models (each actor
-        # would otherwise leave two model copies in /tmp).
-        with tempfile.TemporaryDirectory(prefix="ptqkit-engines-") as tmp:
-            layout = artifacts.Layout(Path(tmp))
-            for name, data in files.items():
-                path = layout.root / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(layout.tokenizer_dir))
-            engine = get_backend(backend)
-            self.fp32 = engine.compile(layout.fp32_onnx, threads, "fp32")
-            self.int8 = engine.compile(layout.int8_onnx, threads, "int8")
-        self.text_columns = text_columns
-        self.max_seq_len = max_seq_len
-        self.label = label
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [[str(t) for t in batch[c]] for c in self.text_columns]
-        enc = self.tokenizer(*texts, truncation=True, max_length=self.max_seq_len, padding="max_length",
-                             return_tensors="np")
-        inputs = {k: enc[k].astype(np.int64) for k in self.fp32.input_names}
-        fp32, int8 = self.fp32(inputs).argmax(-1), self.int8(inputs).argmax(-1)
-        out = {"fp32": fp32, "int8": int8}
-        # Only disagreeing rows carry their text back: the driver writes them, nothing else needs it.
-        out["text"] = np.where(fp32 != int8, np.asarray(texts[0], dtype=object), "")
-        if self.label:
-            out["label"] = np.asarray(batch[self.label])
-        return out
 
 
 def read_columns(path: Path) -> list[str]:
@@ -134,30 +87,6 @@ def _check(cfg: EvalConfig) -> tuple[Path, tuple[str, ...], str | None]:
     if cfg.where and (cfg.where.count("=") != 1 or cfg.where.split("=")[0] not in columns):
         raise UserError(f"--where {cfg.where!r}: use COLUMN=VALUE with one of the columns {', '.join(columns)}")
     return path, text, label
-
-
-def _engine_files(cfg: EvalConfig) -> dict[str, bytes]:
-    """The two ONNX files and the tokenizer's files, as bytes: they travel through the object store."""
-    from .models import DEFAULT_MODEL, default_model_dir
-
-    files = {name.as_posix(): (Path(cfg.artifacts_dir) / name).read_bytes() for name in ARTEFACTS}
-    if cfg.model == DEFAULT_MODEL:
-        from .data import load_rotten_tomatoes
-
-        source = default_model_dir(load_rotten_tomatoes(), cfg.cache_dir)
-    else:
-        source = Path(cfg.model).expanduser()
-        if not source.is_dir():
-            raise UserError(f"--model {cfg.model}: not a local model directory (the tokenizer is read from it)")
-    from transformers import AutoTokenizer
-
-    tok_dir = Path(tempfile.mkdtemp(prefix="ptqkit-tok-"))
-    try:
-        AutoTokenizer.from_pretrained(str(source)).save_pretrained(tok_dir)
-        files |= {(NAMES.tokenizer_dir / p.name).as_posix(): p.read_bytes() for p in tok_dir.iterdir() if p.is_file()}
-    finally:
-        shutil.rmtree(tok_dir, ignore_errors=True)
-    return files
 
 
 def _ray_batches(cfg: EvalConfig, path: Path, text: tuple[str, ...], label: str | None, files) -> Iterator[dict]:
@@ -233,7 +162,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     """Stream the file through both engines; write evaluation.json, disagreements.jsonl (and predictions.csv)."""
     path, text, label = _check(cfg)
     out = artifacts.ensure_output_dir(cfg.output_dir)
-    files = _engine_files(cfg)
+    files = engine_files(cfg.artifacts_dir, cfg.model, cfg.cache_dir)
     start = time.perf_counter()
     if cfg.local:
         rep = _consume(_local_batches(cfg, path, text, label, files), cfg, out, start)
