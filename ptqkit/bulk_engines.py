@@ -11,6 +11,7 @@ import numpy as np
 from . import artifacts
 from .backends import get_backend
 from .errors import UserError
+from .inputs import pad
 
 # What the actors need from bert_ptq.py's output dir, by their names relative to it (keys of the files that travel)
 NAMES = artifacts.Layout(Path())
@@ -39,6 +40,7 @@ class EnginePair:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
             self.tokenizer = AutoTokenizer.from_pretrained(str(layout.tokenizer_dir))
+            self.pad_id = self.tokenizer.pad_token_id or 0
             engine = get_backend(backend)
             self.fp32 = engine.compile(layout.fp32_onnx, threads, "fp32")
             self.int8 = engine.compile(layout.int8_onnx, threads, "int8")
@@ -48,9 +50,9 @@ class EnginePair:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [[str(t) for t in batch[c]] for c in self.text_columns]
-        enc = self.tokenizer(*texts, truncation=True, max_length=self.max_seq_len, padding="max_length",
-                             return_tensors="np")
-        inputs = {k: enc[k].astype(np.int64) for k in self.fp32.input_names}
+        enc = self.tokenizer(*texts, truncation=True, max_length=self.max_seq_len)
+        features = [{k: enc[k][i] for k in self.fp32.input_names} for i in range(len(texts[0]))]
+        inputs = pad(features, self.pad_id, self.fp32.input_names, length=self.max_seq_len)
         fp32, int8 = self.fp32(inputs).argmax(-1), self.int8(inputs).argmax(-1)
         out = {"fp32": fp32, "int8": int8}
         # Only disagreeing rows carry their text back: the driver writes them, nothing else needs it.
