@@ -181,7 +181,7 @@ def test_inductor_compiles_attention_in_fp32(converted, q):
 
 def test_inductor_qdq_form_computes_the_converted_model(converted):
     """Inductor's traceable rewrite (QDQAttention beside QDQLinear) computes what the converted model computes."""
-    from ptqkit.backends.inductor import QDQAttention, to_qdq_module
+    from ptqkit.backends.inductor_qdq import QDQAttention, to_qdq_module
 
     qdq = to_qdq_module(converted)
     assert sum(isinstance(m, QDQAttention) for m in qdq.modules()) == LAYERS

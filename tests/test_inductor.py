@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ptqkit.backends.inductor import InductorBackend, QDQLinear, to_qdq_module
+from ptqkit.backends.inductor import InductorBackend
+from ptqkit.backends.inductor_qdq import QDQLinear, to_qdq_module
 from ptqkit.config import QuantConfig, QuantSpec
 from ptqkit.errors import UserError
 from ptqkit.qmodel import LogitsOnly
