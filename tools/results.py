@@ -83,7 +83,7 @@ def load_reports() -> list[dict]:
 
 def cpu_heading(rep: dict) -> str:
     cpu = rep["cpu"]
-    return (f"#### {cpu['int8_isa']}, {rep['model']}: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}), "
+    return (f"### {cpu['int8_isa']}, {rep['model']}: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}), "
             f"commit {rep['commit']}")
 
 
