@@ -14,7 +14,7 @@ from .sysinfo import usable_cores
 # Pause before each timed call of a multi-thread cell. An engine's idle worker threads keep spinning for a while after
 # its call (PyTorch's OpenMP pool does by default), and on a machine with no spare core they steal from the engine
 # timed next: OpenVINO's 2-thread call right after a PyTorch call is far slower without the pause than with it
-# (tools/spin_probe.py). A real deployment runs one engine, so each call should start with the others idle.
+# (docs/performance.md). A real deployment runs one engine, so each call should start with the others idle.
 SETTLE_S = 0.01
 
 

@@ -91,7 +91,7 @@ def add_calib_flags(p: argparse.ArgumentParser) -> None:
                    "weights, strength 0..1, before the x86 contract's runtime smoothing of every linear input (off by default)")
     p.add_argument("--int8-attention", choices=INT8_ATTENTION, default=DEFAULT.int8_attention,
                    help="int8 attention matmuls (Q.K^T and P.V): auto (default: on under --backend auto and "
-                   "openvino on x86 with VNNI, where they were measured faster; off otherwise, see README), on or off")
+                   "openvino on x86 with VNNI, where they were measured faster; off otherwise, see docs/attention.md), on or off")
     p.add_argument("--qat-epochs", type=float, default=DEFAULT.qat_epochs, help="QAT after PTQ: epochs over the train split (LSQ scales + weights)")
 
 

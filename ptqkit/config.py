@@ -13,8 +13,8 @@ INT8_ATTENTION = ("auto", "on", "off")  # RunConfig.int8_attention / --int8-atte
 ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
 CALIB_METHODS = tuple(METHODS)  # the registry in calibration.py
 
-# Activations per device, chosen by measurement on the default model and task: `python tools/fidelity_probe.py`
-# prints each recipe's fake-quant agreement with fp32, accuracy and logit MSE (README "Fidelity" has the table).
+# Activations per device, chosen by measurement on the default model and task: each recipe's fake-quant agreement
+# with fp32, accuracy and logit MSE are in docs/fidelity.md.
 # x86: affine uint8 (a zero point: GELU outputs are nearly all >= -0.17, so a symmetric grid wastes half its levels
 # there), min/max ranges, after runtime SmoothQuant on every linear input. aarch64 keeps symmetric int8 with
 # percentile ranges and no smoothing: affine agreed better with fp32 there, but OpenVINO's int8 of it disagreed
@@ -57,8 +57,8 @@ class QuantSpec:
 
 # The attention matmul operands (QuantConfig.attention_matmuls) on every device: q, K^T and V symmetric int8 with
 # percentile ranges, the softmax output P an unsigned grid (it lies in [0, 1]: zero point 0 keeps all 256 levels)
-# with its range by MSE. On the default model these kept more agreement with fp32 than min/max ranges (README
-# "int8 attention" has the figures, from `python tools/attention_probe.py`). s8 x s8 and u8 x s8 are what
+# with its range by MSE. On the default model these kept more agreement with fp32 than min/max ranges (the
+# figures are in docs/attention.md). s8 x s8 and u8 x s8 are what
 # OpenVINO's int8 attention subgraph and ONNX Runtime's MatMulIntegerToFloat take.
 ATTENTION_OPERAND_SPEC = QuantSpec(method="percentile")
 ATTENTION_PROBS_SPEC = QuantSpec(dtype="uint8", symmetric=False, method="mse")
@@ -86,7 +86,7 @@ class QuantConfig:
         with VPMADDUBSW, whose pairwise sums saturate at 16 bits: 255 * 127 * 2 does not fit, 255 * 64 * 2 does.
         So there the weights use 7 bits (-64..63, stored as int8) and the integer results stay exact.
         x86 activations are affine uint8 (0..255 with a zero point) on every ISA: the operand VNNI and ONNX
-        Runtime's AVX2 kernels take natively (`python tools/isa_probe.py` measures the forms per engine), and a
+        Runtime's AVX2 kernels take natively (docs/isa.md has each form measured per engine), and a
         pair sum of u8 x 7-bit products fits 16 bits whatever the zero point. Every linear input is smoothed at
         runtime (`smooth_alpha`, see DEFAULT_SMOOTH_ALPHA).
         aarch64: per-tensor weights (ACL overflowed per-channel), symmetric int8 activations, no smoothing (see

@@ -67,7 +67,7 @@ def _fold_weight_quantization(graph) -> None:
 
     Why: OpenVINO 2026.4's aarch64 CPU plugin (under qemu; no real ARM CPU to confirm) made int8 weights one
     too high for every integer from -64 to -2 when it quantized a float constant itself; its int8 GEMM then
-    drifted from the fake-quant model (`bash tools/arm64_check.sh` measures the agreement; README, ARM section).
+    drifted from the fake-quant model (`bash tools/arm64_check.sh` measures the agreement; docs/arm64.md).
     Integer weights leave nothing to fold, are what ONNX Runtime's own quantizer writes, and take a quarter of
     the space. The integers are torch's fake-quant ones: nearbyint(w * (1/scale)) + zero point, saturated.
     """

@@ -9,8 +9,7 @@ from the fake-quant model is reported beside its agreement: the finer measure of
 
 Why the whole pool: an earlier rule counted only the 300 least confident sentences, but every disagreement of a
 faithful engine lies among the sentences the fake-quant model itself barely decides, so that rule was "at most 3
-flips in the pool" and passed or failed faithful engines by chance (`python tools/agreement_probe.py OUTPUT_DIR`;
-README "int8 on every CPU").
+flips in the pool" and passed or failed faithful engines by chance (docs/isa.md, "Which engine").
 """
 from __future__ import annotations
 
@@ -41,7 +40,7 @@ class Selection:
 
 
 def describe(candidate: dict) -> str:
-    """One candidate of a selection record in words (summary, README results)."""
+    """One candidate of a selection record in words (summary, docs/results.md)."""
     if candidate.get("status") == "failed":
         return f"{candidate['name']} failed ({candidate['error']})"
     return (f"{candidate['name']} {candidate['median_ms']:.2f} ms (engine fp32 {candidate['engine_fp32_ms']:.2f} ms), "

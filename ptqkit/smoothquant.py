@@ -33,8 +33,8 @@ before smoothing a second time).
 Runtime smoothing (`smooth_runtime`, NNCF's approach for transformers; the x86 contract, QuantConfig.smooth_alpha)
 covers every linear input instead, the post-LN LayerNorm and GELU outputs included: the 1/s is not folded but
 applied by the activation observer as a per-channel multiply in front of the quantizer (Observer.channel_mul,
-carried into qmodel.QuantLinear by Quantizer.convert, an ONNX `Mul` in fp32, whose cost per engine README
-"Fidelity" reports), and the weights' columns take the s. Linears
+carried into qmodel.QuantLinear by Quantizer.convert, an ONNX `Mul` in fp32, whose cost per engine
+docs/fidelity.md reports), and the weights' columns take the s. Linears
 reading the same tensor (Q, K, V) share one s. It preserves the float function (up to fp32 rounding) whatever
 the block structure.
 """
@@ -51,7 +51,7 @@ from .quantizer import OBSERVING, Quantizer
 
 S_MIN, S_MAX = 1e-5, 1e5
 # Runtime smoothing bounds each s to [its group's RUNTIME_S_QUANTILE quantile, RUNTIME_S_MAX]: quiet channels are
-# not blown up by a tiny s and no weight column grows past 100x (the bounds NNCF uses; README "Fidelity" has
+# not blown up by a tiny s and no weight column grows past 100x (the bounds NNCF uses; docs/fidelity.md has
 # bounded vs unbounded on the default model).
 RUNTIME_S_QUANTILE, RUNTIME_S_MAX = 0.1, 100.0
 

@@ -1,6 +1,6 @@
 """Which BERT-family model types go through the library path, checked on tiny random classifiers.
 
-Used by tools/support_table.py (the README's support table) and by the tests: each type is built from a tiny
+Used by tools/support_table.py (the support table in docs/model-support.md) and by the tests: each type is built from a tiny
 config, fed the inputs its own tokenizer emits, captured, calibrated, exported as QDQ ONNX and run on OpenVINO;
 the check counts int8 kernels and compares OpenVINO's logits with the torch fake-quant graph's.
 """

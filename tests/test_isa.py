@@ -110,8 +110,7 @@ def test_seven_bit_weights_fit_the_non_saturating_range(seven_bit):
 
 
 SIMULATED = """
-import json, sys
-sys.path[:0] = [{tests!r}, {repo!r}]
+import json
 import numpy as np
 from ptqkit.backends import get_backend
 from ptqkit.config import QuantConfig
@@ -141,8 +140,9 @@ print(json.dumps(out))
 def test_simulated_avx2_openvino_matches_fake_quant(tmp_path):
     """OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 runs the saturating AVX2 kernels: the host contract (7-bit weights)
     stays exact there, while the full-range contract of VNNI CPUs does not (the failure this contract prevents)."""
-    code = SIMULATED.format(tests=str(REPO / "tests"), repo=str(REPO), tmp=str(tmp_path))
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    code = SIMULATED.format(tmp=str(tmp_path))
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}  # tiny.py, and this checkout's ptqkit
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])

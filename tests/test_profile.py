@@ -9,7 +9,7 @@ import pytest
 from ptqkit import peers, roofline
 from ptqkit.backends import FILE_ENGINES, get_backend
 from ptqkit.backends.base import OP_KINDS
-from ptqkit.backends.openvino import op_kind, perf_counters
+from ptqkit.backends.openvino import op_kind
 from ptqkit.sysinfo import onednn_bf16_capped
 from ptqkit.backends.pytorch import TorchRunner, eager_profiler, event_kind
 from ptqkit.bench import Shape, synthetic_inputs
@@ -212,41 +212,3 @@ def test_int8_peak_runs_int8_kernels(engine, monkeypatch):
     assert peak["peak_gmac_s"] == max(c["gmac_s"] for c in peak["shapes"]) > 0
     row = roofline.limit_row({"gemm": 10**9, "attention": 0}, {"gemm": 10.0, "end_to_end": 20.0}, 200.0)
     assert (row["gemm_gmac_s"], row["gemm_share_of_peak"], row["end_to_end_share_of_peak"]) == (100.0, 0.5, 0.25)
-
-
-def _linear_probe():
-    """tools/linear_probe.py as a module (tools/ is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "tools" / "linear_probe.py"
-    spec = importlib.util.spec_from_file_location("linear_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_linear_probe_rewrites_the_gelu_and_times_every_linear(onnx_files, tmp_path):
-    """The probe's tanh-GELU model computes (nearly) what the exported erf GELU does, its ReLU model differs, and
-    the per-linear timing covers every linear with the right weight shapes and rows."""
-    import onnx
-
-    probe, ov = _linear_probe(), get_backend("openvino")
-    src = onnx_files["x86"]
-    tanh = probe.rewrite_gelu(src, tmp_path / "tanh.onnx", "tanh")
-    relu = probe.rewrite_gelu(src, tmp_path / "relu.onnx", "relu")
-    nodes = onnx.load(str(tanh), load_external_data=False).graph.node
-    gelus = [n for n in nodes if n.op_type == "Gelu"]
-    assert len(gelus) == 2 and not any(n.op_type == "Erf" for n in nodes)  # one per layer
-    assert all(onnx.helper.get_attribute_value(n.attribute[0]) == b"tanh" for n in gelus)
-    batch = {k: v.numpy() for k, v in make_batch(4, 16, seed=3).items()}
-    ref = ov.compile(src, 1, "int8")(batch)
-    assert np.abs(ov.compile(tanh, 1, "int8")(batch) - ref).max() < 0.05 * np.abs(ref).max()
-    assert not np.allclose(ov.compile(relu, 1, "int8")(batch), ref, atol=1e-3)
-    per_node = probe.linear_times(*perf_counters(src, 1, "int8", batch, calls=2), tokens=4 * 16)
-    kinds = sorted(kind for kind, times in per_node.values() if len(times) == 2)
-    per_token = [k for k in kinds if k[2]]
-    assert per_token == sorted([(32, 32, True)] * 8 + [(32, 64, True)] * 2 + [(64, 32, True)] * 2)
-    # compiled for this one shape (as timed), the CPU plugin may fold this tiny model's per-sequence pooler and
-    # classifier (4 rows, hidden 32) into one float snippets subgraph; where they stay FullyConnected, they are these
-    assert set(kinds) - set(per_token) <= {(32, 32, False), (32, 2, False)}

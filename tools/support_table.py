@@ -14,10 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ptqkit.support import MODEL_TYPES, Support, check_model_type, tiny_classifier  # noqa: E402
-from ptqkit.sysinfo import cpu_info  # noqa: E402
+from ptqkit.support import MODEL_TYPES, Support, check_model_type, tiny_classifier
+from ptqkit.sysinfo import cpu_info
 
 
 def save_models(out: Path) -> None:

@@ -20,7 +20,7 @@ FP32_OPS = ("MatMul", "Gemm", "FusedMatMul", "Attention", "MultiHeadAttention", 
 class ORTRunner:
     """session.run on the caller's arrays; it returns a fresh output array per call, which callers may keep. An
     I/O binding (bound CPU inputs, an output preallocated per batch size) measured no faster in three interleaved
-    runs (README, "Where the time goes"), so the plain call stays."""
+    runs (docs/performance.md), so the plain call stays."""
 
     def __init__(self, session, evidence: KernelEvidence):
         self.session = session
@@ -49,7 +49,7 @@ def _optimized_ops(path: Path) -> KernelEvidence:
 
 class ORTBackend(Engine):
     """`fuse_attention`: rewrite each float attention block into one MultiHeadAttention node before ORT loads the
-    model (ort_attention.py; 10% off our int8 model at 1x512 on an AVX2 CPU, README "int8 on every CPU"). Our
+    model (ort_attention.py; 10% off our int8 model at 1x512 on an AVX2 CPU, docs/attention.md). Our
     exported models get it; peers run the file as their users' plain session would (fuse_attention=False)."""
 
     name = "onnxruntime"

@@ -23,8 +23,8 @@ class OpenVINORunner:
     every call is zero-copy: the request reads the caller's arrays and its output tensor is read in place.
 
     Static copies: the CPU plugin runs a model compiled for one shape 11-18% faster than the dynamic-shape model at
-    that shape (no per-call shape inference and memory planning; `python tools/runner_probe.py`, README "Where the
-    time goes"), what a server that pads its requests to a fixed shape compiles. Calls at any other shape run the
+    that shape (no per-call shape inference and memory planning; docs/performance.md,
+    "Static shapes"), what a server that pads its requests to a fixed shape compiles. Calls at any other shape run the
     dynamic model. One mode for every call: a request once fed shared arrays kept their capacity and then refused a
     plain (copying) call at a larger shape."""
 
@@ -110,7 +110,7 @@ class OpenVINOBackend(Engine):
                                                    "int8 in bf16 where the CPU has bf16)"})
     auto = True
     profiled = True
-    int8_attention = True  # its fused attention subgraph runs int8 (`python tools/attention_probe.py`, README)
+    int8_attention = True  # its fused attention subgraph runs int8 (docs/attention.md)
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> OpenVINORunner:
         """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads.
