@@ -57,7 +57,7 @@ def table(results: list[Support]) -> str:
     device = RunConfig().device
     cpu = cpu_info()
     lines = [
-        f"Measured on {cpu_label(cpu)} (CPU flags {' '.join(cpu['flags'])}): `bert_ptq.py --device {device}` with default flags on this CPU, int8 on "
+        f"Measured on {cpu_label(cpu)}, CPU flags {' '.join(cpu['flags'])}: `bert_ptq.py --device {device}` with default flags on this CPU, int8 on "
         f"{engines} (the --backend auto candidates), 64 random sequences of 24 tokens compared with the torch "
         "fake-quant graph (argmax agreement, max logit error relative to the largest logit).",
         "",
