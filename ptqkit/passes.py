@@ -12,6 +12,7 @@ from .config import ATTENTION_OPERAND_SPEC, ATTENTION_PROBS_SPEC, QuantConfig, Q
 from .observers import Observer
 
 OBSERVERS_ATTR = "ptq_observers"
+MATMUL_NAMES = ("qk", "pv")  # the attention matmuls of one call, in order: Q*K^T, P*V
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,14 @@ class QuantPoint:
 
     kind 'linear': observers on 'input' (activation) and 'weight'; kind 'matmul' (attention Q*K^T named
     '<attention module>.qk', P*V named '<attention module>.pv'): observers on 'input' and 'other'.
+    nodes: the fx nodes of every call of the op. A module shared across depth (ALBERT's one layer, run once per
+    layer) is called several times; all its calls share one point, so one observer sees every call and its range
+    covers them all: the converted model holds one set of qparams per module (QuantLinear, QuantAttention).
     """
 
     name: str
     kind: str
-    node: str  # fx node name in the captured graph
+    nodes: tuple[str, ...]  # fx node names in the captured graph, one per call, in graph order
 
     @property
     def roles(self) -> tuple[str, str]:
@@ -51,21 +55,34 @@ def _module_path(node: fx.Node) -> str:
     return re.sub(r"^L\['self'\]\.?", "", path)
 
 
+def _module_call(node: fx.Node) -> str:
+    """Which call of its innermost module the node belongs to: torch.export keys the module stack per call
+    ('...attention', then '...attention@1' when the same module runs again)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack)[-1] if stack else node.name
+
+
 def find_quant_points(gm: fx.GraphModule, cfg: QuantConfig) -> list[QuantPoint]:
-    """Every linear (and, with cfg.attention_matmuls, the two attention matmuls) not excluded by cfg.exclude."""
-    points: list[QuantPoint] = []
-    matmul_count: dict[str, int] = {}
+    """Every linear (and, with cfg.attention_matmuls, the attention matmuls) not excluded by cfg.exclude, in graph
+    order. Matmuls are numbered within one call of their module (Q*K^T, P*V, then 'matmul2'... in a module that
+    runs more per call); repeated calls of a module join the point of its first call."""
+    points: dict[str, QuantPoint] = {}
+    matmuls_in_call: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
         if node.target is torch.ops.aten.linear.default:
-            points.append(QuantPoint(_module_path(node), "linear", node.name))
+            name, kind = _module_path(node), "linear"
         elif node.target is torch.ops.aten.matmul.default and cfg.attention_matmuls:
-            module = _module_path(node)
-            i = matmul_count.get(module, 0)
-            matmul_count[module] = i + 1
-            points.append(QuantPoint(f"{module}.{('qk', 'pv')[i] if i < 2 else f'matmul{i}'}", "matmul", node.name))
-    return [p for p in points if not is_excluded(p, cfg.exclude)]
+            call = _module_call(node)
+            i = matmuls_in_call.get(call, 0)
+            matmuls_in_call[call] = i + 1
+            name, kind = f"{_module_path(node)}.{MATMUL_NAMES[i] if i < len(MATMUL_NAMES) else f'matmul{i}'}", "matmul"
+        else:
+            continue
+        earlier = points[name].nodes if name in points else ()
+        points[name] = QuantPoint(name, kind, earlier + (node.name,))
+    return [p for p in points.values() if not is_excluded(p, cfg.exclude)]
 
 
 def is_excluded(point: QuantPoint, patterns: tuple[str, ...]) -> bool:
@@ -74,23 +91,24 @@ def is_excluded(point: QuantPoint, patterns: tuple[str, ...]) -> bool:
 
 
 def insert_observers(gm: fx.GraphModule, points: list[QuantPoint], cfg: QuantConfig) -> torch.nn.ModuleDict:
-    """Put an observer on each quantized input of each point; weights are observed once, right here."""
+    """Put an observer on each quantized input of each point, fed by every call of the point; weights (one
+    parameter for every call) are observed once, right here."""
     observers = torch.nn.ModuleDict()
     gm.add_module(OBSERVERS_ATTR, observers)
     nodes = {n.name: n for n in gm.graph.nodes}
     for p in points:
-        node = nodes[p.node]
         for role, arg_index in zip(p.roles, (0, 1)):
             obs = Observer(p.spec(role, cfg))
             obs.name = f"{p.name}:{role}"
             key = observer_key(p.name, role)
             observers[key] = obs
-            src = node.args[arg_index]
-            with gm.graph.inserting_before(node):
-                wrapped = gm.graph.call_module(f"{OBSERVERS_ATTR}.{key}", (src,))
-            node.replace_input_with(src, wrapped)
+            for node in (nodes[n] for n in p.nodes):
+                src = node.args[arg_index]
+                with gm.graph.inserting_before(node):
+                    wrapped = gm.graph.call_module(f"{OBSERVERS_ATTR}.{key}", (src,))
+                node.replace_input_with(src, wrapped)
             if role == "weight":
-                obs(_get_attr(gm, src).detach())
+                obs(_get_attr(gm, nodes[p.nodes[0]].args[1].args[0]).detach())
                 obs.observing = False
     gm.graph.lint()
     gm.recompile()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -344,8 +345,10 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
         steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
     q = Quantizer(device=cfg.device, config=config)
     calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
-    if config.attention_matmuls and cfg.int8_attention == "auto" and not q.attention_supported(ld.model):
-        steps["int8_attention"] = "off: the model's attention does not go through transformers' attention interface"
+    obstacle = q.attention_obstacle(ld.model) if config.attention_matmuls and cfg.int8_attention == "auto" else ""
+    if obstacle:
+        steps["int8_attention"] = f"off: {obstacle}"
+        print(f"warning: int8 attention off (float attention): {obstacle}", file=sys.stderr)
         q = Quantizer(device=cfg.device, config=replace(config, attention_matmuls=False))
         calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how

@@ -23,15 +23,16 @@ from .config import QuantConfig
 from .errors import UserError
 from .observers import LSQQuantizer, NonFiniteInput
 from .qmodel import ATTENTION_IMPL, QuantAttention, QuantLinear, fake_quantize, register_int8_attention
-from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
+from .passes import MATMUL_NAMES, OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
 
-STATE_VERSION = 2  # 2: observers carry channel_mul (runtime SmoothQuant)
+STATE_VERSION = 3  # 2: observers carry channel_mul (runtime SmoothQuant); 3: a point lists the nodes of every call
 # The quantizer's states. OBSERVING: activation observers collect statistics, outputs equal fp32 (weights were
 # observed once when the observers went in). QUANTIZED: frozen qparams, the graph fake-quantizes every point
 # except the fallback layers. TRAINING: QAT, LSQ quantizers with learnable scales in place of the observers.
 NEW, OBSERVING, QUANTIZED, TRAINING = "new", "observing", "quantized", "training"
 # The QuantAttention operands that each attention matmul point's roles ("input", "other") feed.
-MATMUL_OPERANDS = {"qk": ("query", "key"), "pv": ("probs", "value")}
+MATMUL_OPERANDS = dict(zip(MATMUL_NAMES, (("query", "key"), ("probs", "value"))))
+NOT_VIA_INTERFACE = "its attention does not go through transformers' attention interface"
 
 
 class Quantizer:
@@ -95,12 +96,14 @@ class Quantizer:
                 mul = obs[observer_key(point.name, "input")].channel_mul
                 if point.name in self.fallback_layers and point.kind == "linear" and mul.numel():
                     qmodel.get_submodule(point.name).weight.mul_(mul)
+        extra = _extra_matmul(self.quantized_points())
+        if extra:
+            raise UserError(f"int8 attention is not supported for model type {_model_type(model)!r}: {extra}; "
+                            "rerun with --int8-attention off")
         attention: dict[str, dict] = {}  # attention module -> operand -> qparams
         for point in self.quantized_points():
             parent_name, _, attr = point.name.rpartition(".")
             if point.kind == "matmul":
-                if attr not in MATMUL_OPERANDS:
-                    raise NotImplementedError(f"conversion of a third attention matmul is not supported ({point.name})")
                 for role, operand in zip(point.roles, MATMUL_OPERANDS[attr]):
                     o = obs[observer_key(point.name, role)]
                     attention.setdefault(parent_name, {})[operand] = (*_frozen_qparams(o), (o.spec.qmin, o.spec.qmax))
@@ -120,14 +123,20 @@ class Quantizer:
                                               w_qparams, w.spec.storage_range, w.spec.ch_axis is not None,
                                               act.channel_mul))
         if attention and not _attach_attention(qmodel, attention):
-            raise UserError(f"int8 attention is not supported for model type {_model_type(model)!r}: its attention "
-                            "does not go through transformers' attention interface; rerun with --int8-attention off")
+            raise UserError(f"int8 attention is not supported for model type {_model_type(model)!r}: "
+                            f"{NOT_VIA_INTERFACE}; rerun with --int8-attention off")
         return qmodel.eval()
 
-    def attention_supported(self, model: torch.nn.Module) -> bool:
-        """Whether convert() can quantize this model's attention matmuls (checked on a copy without qparams)."""
+    def attention_obstacle(self, model: torch.nn.Module) -> str:
+        """Why convert() cannot quantize this model's attention matmuls; empty when it can (checked on a copy
+        without qparams)."""
+        extra = _extra_matmul(self.points)
+        if extra:
+            return extra
         modules = {p.name.rpartition(".")[0] for p in self.points if p.kind == "matmul"}
-        return _attach_attention(copy.deepcopy(model).eval(), {name: {} for name in modules})
+        if not modules:  # e.g. DeBERTa's disentangled attention multiplies with torch.bmm
+            return "its graph has no attention matmul (torch.matmul) to quantize"
+        return "" if _attach_attention(copy.deepcopy(model).eval(), {name: {} for name in modules}) else NOT_VIA_INTERFACE
 
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:
         """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
@@ -226,7 +235,7 @@ class Quantizer:
         meta = {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
-            "points": [{"name": p.name, "kind": p.kind, "node": p.node} for p in self.points],
+            "points": [{"name": p.name, "kind": p.kind, "nodes": list(p.nodes)} for p in self.points],
             "fallback": self.fallback_layers,
             "weights_changed": self.carries_weights,
         }
@@ -245,8 +254,8 @@ class Quantizer:
             raise UserError(f"quantization state in {d} has version {meta.get('version')}, expected {STATE_VERSION}; rerun calib.py")
         q = cls(config=QuantConfig.from_dict(meta["config"]))
         q.calib(model, input_names, weights_changed=bool(meta.get("weights_changed")))
-        names = [p.name for p in q.points]
-        if names != [p["name"] for p in meta["points"]]:
+        calls = [(p.name, len(p.nodes)) for p in q.points]  # observer keys, and how many calls feed each
+        if calls != [(p["name"], len(p["nodes"])) for p in meta["points"]]:
             raise UserError(f"quantization state in {d} was made for a different model or config; rerun calib.py")
         for key, obs in q.observers().items():
             obs.load_state_dict({b[len(key) + 1 :]: t for b, t in tensors.items() if b.startswith(key + ".")})
@@ -262,6 +271,12 @@ class Quantizer:
                     params[name].copy_(t)
         q.quantize()
         return q
+
+
+def _extra_matmul(points: list[QuantPoint]) -> str:
+    """The reason QuantAttention cannot hold a matmul point beyond Q*K^T and P*V of one call; empty if none."""
+    extra = next((p.name for p in points if p.kind == "matmul" and p.name.rpartition(".")[2] not in MATMUL_OPERANDS), "")
+    return f"its attention runs more than two matmuls per call ({extra})" if extra else ""
 
 
 def _attach_attention(qmodel: torch.nn.Module, attention: dict[str, dict]) -> bool:

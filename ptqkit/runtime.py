@@ -130,18 +130,22 @@ class Classifier:
 
 
 def read_texts(args: Sequence[str], file: str | None, stdin: Iterable[str]) -> list[str]:
-    """Texts from arguments, else a file (one per line), else stdin; blank lines are skipped."""
+    """Texts from arguments, else a file (one per line), else stdin. Every line is kept, empty ones too: as in the
+    main command (data.py), an empty text is classified like any other and counted (empty_texts)."""
     if args:
         return list(args)
     if file:
         try:
             with open(file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+                return f.read().splitlines()
         except OSError as e:
             raise UserError(f"cannot read {file}: {e.strerror}") from None
-    else:
-        lines = [line.rstrip("\n") for line in stdin]
-    return [line for line in lines if line.strip()]
+    return [line.rstrip("\r\n") for line in stdin]
+
+
+def empty_texts(texts: Sequence[str]) -> int:
+    """How many texts are empty or blank (a pair "first<TAB>second" with both sides blank too)."""
+    return sum(not t.strip() for t in texts)
 
 
 def _int8_primitives(runner) -> dict[str, int]:

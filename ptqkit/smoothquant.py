@@ -209,10 +209,11 @@ def smooth_runtime(q: Quantizer, act_absmax: dict[str, torch.Tensor], alpha: flo
     """Runtime SmoothQuant on the quantizer's observing graph, before any calibration batch; returns the smoothed
     linears.
 
-    For each group of linears reading one tensor: s from `smoothing_scale` (their weights, their inputs' max |x|
-    from `collect_input_absmax` on the float model), bounded as the constants above say; the weight columns are
-    multiplied by s in the graph (so the saved state carries the weights), each activation observer multiplies
-    its input by 1/s, and the weight observers re-observe the scaled weights.
+    For each group of linears reading the same tensor (one per call where a module is shared across depth): s from
+    `smoothing_scale` (their weights, their inputs' max |x| over every call from `collect_input_absmax` on the
+    float model), bounded as the constants above say; the weight columns are multiplied by s in the graph, once
+    per parameter (so the saved state carries the weights), each activation observer multiplies its input by
+    1/s, and the weight observers re-observe the scaled weights.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -221,13 +222,14 @@ def smooth_runtime(q: Quantizer, act_absmax: dict[str, torch.Tensor], alpha: flo
         raise RuntimeError("smooth_runtime must run after Quantizer.calib and before calibration (the activation "
                            "ranges would be stale)")
     nodes = {n.name: n for n in q.graph.graph.nodes}
-    groups: dict[fx.Node, list] = {}
+    groups: dict[tuple[fx.Node, ...], list] = {}  # the inputs of every call -> the linears reading them
     for p in q.points:
         if p.kind == "linear" and p.name in act_absmax:
-            groups.setdefault(nodes[p.node].args[0].args[0], []).append(p)  # linear <- input observer <- source
+            sources = tuple(nodes[n].args[0].args[0] for n in p.nodes)  # linear <- input observer <- source
+            groups.setdefault(sources, []).append(p)
     smoothed: list[str] = []
     for points in groups.values():
-        weights = [_get_attr(q.graph, nodes[p.node].args[1].args[0]) for p in points]  # linear <- weight observer <- param
+        weights = [_get_attr(q.graph, nodes[p.nodes[0]].args[1].args[0]) for p in points]  # linear <- weight observer <- param
         act = torch.stack([act_absmax[p.name].float().cpu() for p in points]).amax(0)
         if act.numel() != weights[0].shape[1]:
             continue

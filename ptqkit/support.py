@@ -1,8 +1,11 @@
-"""Which BERT-family model types go through the library path, checked on tiny random classifiers.
+"""Which BERT-family model types go through the main command's default path, checked on tiny random classifiers.
 
-Used by tools/support_table.py (the support table in docs/model-support.md) and by the tests: each type is built from a tiny
-config, fed the inputs its own tokenizer emits, captured, calibrated, exported as QDQ ONNX and run on OpenVINO;
-the check counts int8 kernels and compares OpenVINO's logits with the torch fake-quant graph's.
+Used by tools/support_table.py (docs/model-support.md) and by the tests: each type is built from a tiny config,
+fed the inputs its own tokenizer emits, and quantized exactly as `bert_ptq.py --device x86` does with default
+flags on this host (pipeline.calibrate with RunConfig's defaults: the host ISA's contract, runtime SmoothQuant,
+int8 attention as --int8-attention auto chooses, with its fallback); the converted model is exported as QDQ ONNX
+and compiled int8 on every --backend auto candidate, whose int8 kernels are counted and whose logits are compared
+with the torch fake-quant graph's.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import numpy as np
 import torch
 
 from .capture import example_inputs, model_input_names
-from .errors import UserError
+from .config import RunConfig
+from .errors import UserError, one_line
 from .inputs import INPUT_NAMES
 
 BERT_INPUTS = INPUT_NAMES
@@ -86,53 +90,94 @@ def random_batch(model: torch.nn.Module, names: tuple[str, ...], n: int, seq: in
     return batch
 
 
+# The flags of bert_ptq.py that take a model off the default path the support table checks, and what they change.
+PATH_FLAGS = (
+    ("--int8-attention on|off", "forces the attention matmuls (Q.K^T, P.V) int8 or float; auto (default) is on under "
+                                "--backend auto (and openvino) on x86 with VNNI"),
+    ("--backend NAME", "one engine instead of the faster faithful one of OpenVINO and ONNX Runtime; --int8-attention "
+                       "auto then follows that engine (on for openvino only)"),
+    ("--isa ISA", "the target's int8 ISA instead of this host's: without VNNI (sse, avx2, avx512) 7-bit weights and "
+                  "float attention"),
+    ("--device aarch64", "the ARM contract: per-tensor weights, symmetric int8 activations with percentile ranges, "
+                         "no runtime smoothing, float attention"),
+    ("--calib-method NAME", "another activation range method (entropy switches to a symmetric grid)"),
+    ("--smoothquant ALPHA", "SmoothQuant folded into the weights before the runtime smoothing"),
+    ("--max-accuracy-drop PTS", "leaves the most sensitive layers in fp32"),
+    ("--qat-epochs N", "QAT after PTQ (LSQ scales and weights)"),
+)
+
+
+@dataclass
+class EngineCheck:
+    """Our int8 model on one --backend auto candidate, in the engine's default int8 precision."""
+
+    engine: str
+    int8_kernels: int = 0
+    agreement: float = 0.0  # argmax agreement with the torch fake-quant graph
+    max_rel_error: float = 0.0  # max |engine - fake-quant| logit error over the largest fake-quant logit
+    error: str = ""  # the one-line reason where the engine failed
+
+
 @dataclass
 class Support:
-    """One model type's outcome on the library path."""
+    """One model type's outcome on the default path."""
 
     model_type: str
     inputs: tuple[str, ...] = ()
     captured: str = ""
     linears: int = 0  # quantized linear calls in the graph (a module called twice counts twice)
-    linear_modules: int = 0
-    int8_kernels: int = 0
-    agreement: float = 0.0  # argmax agreement of OpenVINO int8 with the torch fake-quant graph
-    max_rel_error: float = 0.0  # max |OpenVINO - fake-quant| logit error over the largest fake-quant logit
+    shared: int = 0  # quantization points fed by more than one call (modules shared across depth)
+    attention: str = ""  # "int8", or "off: why" (float attention)
+    engines: tuple[EngineCheck, ...] = ()
     error: str = ""  # the one-line reason where the type failed
 
 
 def check_model_type(name: str, work_dir: str | Path | None = None, samples: int = 64) -> Support:
-    """capture -> calibrate -> QDQ export -> OpenVINO int8 on a tiny random `name` classifier."""
-    from .backends.openvino import OpenVINOBackend
-    from .config import QuantConfig
-    from .export import export_onnx
-    from .quantizer import Quantizer, run_calibration
-
+    """The main command's default path on a tiny random `name` classifier: calibrate with pipeline.calibrate and
+    RunConfig's defaults, convert, export QDQ ONNX, compile it int8 on each installed --backend auto candidate."""
     from transformers import AutoModelForSequenceClassification
 
+    from .backends import get_backend, installed_engines
+    from .data import TaskData
+    from .export import export_onnx
+    from .pipeline import Loaded, calibrate
+
+    cfg = RunConfig()  # `bert_ptq.py --device x86` with default flags
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:  # a user's model arrives through save_pretrained
         tiny_classifier(name).save_pretrained(tmp)
         model = AutoModelForSequenceClassification.from_pretrained(tmp, attn_implementation="eager").eval()
     result = Support(name, model_input_names(model, TYPES[name].tokenizer_inputs))
     names = result.inputs
+    # calibrate reads only the model and its inputs on the default path (no auto-fallback, no QAT)
+    ld = Loaded(TaskData("random ids", [], [], 2, ("accuracy",)), model, None, name, names, [], [])
     try:
-        # min-max: this checks capture and lowering, not calibration quality (entropy takes seconds per type)
-        q = Quantizer(config=QuantConfig.for_device("x86").with_calib_method("minmax"))
-        run_calibration(q.calib(model, names), [random_batch(model, names, 8, 16, 100 + i) for i in range(2)])
-        graph = q.quantize()
+        q, steps = calibrate(ld, cfg, [random_batch(model, names, 8, 16, 100 + i) for i in range(2)])
+        converted = q.convert(model)
     except UserError as e:
         result.error = str(e)
         return result
-    result.captured, result.linears = q.captured_how, len(q.points)
-    result.linear_modules = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    result.captured = q.captured_how
+    result.linears = sum(len(p.nodes) for p in q.points if p.kind == "linear")
+    result.shared = sum(len(p.nodes) > 1 for p in q.points)
+    result.attention = "int8" if q.config.attention_matmuls else steps.get(
+        "int8_attention", f"off: --int8-attention {cfg.int8_attention} on {cfg.device} {q.config.isa}")
     batch = random_batch(model, names, samples, 24, 7)
     with torch.no_grad():
-        expected = graph(**batch).logits.numpy()
+        expected = q.quantize()(**batch).logits.numpy()
+    checks = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        onnx = export_onnx(q.convert(model), names, example_inputs(model, names, 1, 32), Path(tmp) / "int8.onnx")
-        runner = OpenVINOBackend().compile(onnx, 1, "int8")
-        got = runner({k: v.numpy() for k, v in batch.items()})
-    result.int8_kernels = runner.kernels().int8
-    result.agreement = round(float((got.argmax(-1) == expected.argmax(-1)).mean()), 4)
-    result.max_rel_error = round(float(np.abs(got - expected).max() / np.abs(expected).max()), 4)
+        onnx = export_onnx(converted, names, example_inputs(model, names, 1, 32), Path(tmp) / "int8.onnx")
+        for engine_name in installed_engines():
+            check = EngineCheck(engine_name)
+            try:
+                engine = get_backend(engine_name)
+                runner = engine.compile(onnx, 1, engine.int8_variants[0])
+                got = runner({k: v.numpy() for k, v in batch.items()})
+                check.int8_kernels = runner.kernels().int8
+                check.agreement = round(float((got.argmax(-1) == expected.argmax(-1)).mean()), 4)
+                check.max_rel_error = round(float(np.abs(got - expected).max() / np.abs(expected).max()), 4)
+            except Exception as e:  # noqa: BLE001 - one engine failing is a row entry, as in the main command
+                check.error = one_line(e)
+            checks.append(check)
+    result.engines = tuple(checks)
     return result

@@ -101,13 +101,23 @@ def test_predict_cli_gives_the_host_int8_labels(artefacts, engine: str, tmp_path
 
 
 def test_predict_reads_arguments_and_stdin(artefacts) -> None:
+    """Empty lines are kept, classified and counted, as the main command does with empty texts."""
     out, _ = artefacts
-    args = subprocess.run([sys.executable, "predict.py", str(out), "good film", "dull plot"], cwd=REPO, env=ENV,
+    args = subprocess.run([sys.executable, "predict.py", str(out), "good film", "", "dull plot"], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=120)
-    stdin = subprocess.run([sys.executable, "predict.py", str(out)], input="good film\n\ndull plot\n", cwd=REPO, env=ENV,
-                           capture_output=True, text=True, timeout=120)
+    stdin = subprocess.run([sys.executable, "predict.py", str(out)], input="good film\n \r\ndull plot\n", cwd=REPO,
+                           env=ENV, capture_output=True, text=True, timeout=120)
     assert args.returncode == 0 and stdin.returncode == 0, args.stderr + stdin.stderr
-    assert args.stdout == stdin.stdout and len(args.stdout.splitlines()) == 2
+    records = [json.loads(line) for line in args.stdout.splitlines()]
+    assert [r["text"] for r in records] == ["good film", "", "dull plot"] and all("label" in r for r in records)
+    assert [r["label_id"] for r in records] == [json.loads(line)["label_id"] for line in stdin.stdout.splitlines()]
+    for proc in (args, stdin):
+        assert "warning: 1 of 3 input(s) are empty" in proc.stderr
+
+
+def test_empty_texts_are_counted_like_the_main_command() -> None:
+    texts = runtime.read_texts([], None, ["a film\n", "\n", "  \t \r\n", "last"])
+    assert texts == ["a film", "", "  \t ", "last"] and runtime.empty_texts(texts) == 2
 
 
 def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> None:
