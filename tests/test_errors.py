@@ -321,23 +321,39 @@ def test_interrupted_export_keeps_previous_artefact(tmp_path: Path, monkeypatch:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-def test_interrupted_calibration_leaves_previous_state(tmp_path: Path):
-    """The state is written only after calibration: an interrupted run leaves the last complete state untouched."""
+def test_interrupted_save_keeps_the_previous_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C inside Quantizer.save, after the new observer statistics were written but before the JSON: the
+    previous complete state stays byte for byte and loads with its own statistics; no temp dir is left."""
+    import torch
+
     from ptqkit.quantizer import Quantizer, run_calibration
 
     model = tiny_bert()
-    q = Quantizer("x86")
-    run_calibration(q.calib(model), [make_batch(4, 12, 0)])
-    q.quantize()
-    q.save(tmp_path / "state")
+
+    def calibrated(seed: int) -> Quantizer:
+        q = Quantizer("x86")
+        run_calibration(q.calib(model), [make_batch(4, 12, seed)])
+        q.quantize()
+        return q
+
+    def statistics(q: Quantizer) -> dict[str, torch.Tensor]:
+        return {f"{k}.{b}": t for k, o in q.observers().items() for b, t in o.state_dict().items()}
+
+    old, new = calibrated(0), calibrated(1)
+    assert any(not torch.equal(t, statistics(new)[k]) for k, t in statistics(old).items())  # a change would show
+    old.save(tmp_path / "state")
     before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
 
-    def batches():
-        yield make_batch(4, 12, 0)
+    def interrupted(path: Path, obj: object) -> None:
+        assert list(Path(path).parent.glob("observers.safetensors"))  # some of the new state is on disk already
         raise KeyboardInterrupt
 
-    q2 = Quantizer("x86")
+    monkeypatch.setattr(artifacts, "write_json", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_calibration(q2.calib(model), batches())
+        new.save(tmp_path / "state")
+    monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()} == before
-    assert Quantizer.load(tmp_path / "state", model).points == q.points
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]
+    loaded = statistics(Quantizer.load(tmp_path / "state", model))
+    assert loaded.keys() == statistics(old).keys()
+    assert all(torch.equal(t, statistics(old)[k]) for k, t in loaded.items())
