@@ -93,7 +93,7 @@ def user_cfg(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
 
 @pytest.fixture(scope="module")
 def quick_cfg(user_cfg):
-    """user_cfg timed at one shape without the profiler split and the int8 GEMM limit (about a third of a tiny run):
+    """user_cfg timed at one shape without the profiler split and the int8 GEMM limit (about half a tiny run):
     for tests about which variants run, fail or get chosen, not about the timing report."""
     from dataclasses import replace
 
