@@ -221,25 +221,27 @@ class Quantizer:
 
     # --- state I/O (no pickle) ---------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """qparams/observer statistics as safetensors, config and points as JSON; each file written atomically."""
+        """qparams/observer statistics as safetensors, config and points as JSON. The directory is replaced as a
+        whole (artifacts.atomic_dir): an interrupted save leaves the previous state, never a mix of old and new files."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         self.end_qat()
         tensors = {f"{k}.{b}": t.detach().contiguous().clone() for k, o in self.observers().items() for b, t in o.state_dict().items()}
-        with artifacts.atomic_path(out / "observers.safetensors") as tmp:
-            save_file(tensors, str(tmp))
-        if self.carries_weights:  # QAT or SmoothQuant changed the weights: they are part of the state
-            weights = {n: p.detach().contiguous().clone() for n, p in self.graph.named_parameters()}
-            with artifacts.atomic_path(out / "weights.safetensors") as tmp:
-                save_file(weights, str(tmp))
-        meta = {
-            "version": STATE_VERSION,
-            "config": self.config.to_dict(),
-            "points": [{"name": p.name, "kind": p.kind, "nodes": list(p.nodes)} for p in self.points],
-            "fallback": self.fallback_layers,
-            "weights_changed": self.carries_weights,
-        }
-        artifacts.write_json(out / "quant_state.json", meta)
+        with artifacts.atomic_dir(out) as tmp:
+            with artifacts.atomic_path(tmp / "observers.safetensors") as path:  # a full disk is a UserError
+                save_file(tensors, str(path))
+            if self.carries_weights:  # QAT or SmoothQuant changed the weights: they are part of the state
+                weights = {n: p.detach().contiguous().clone() for n, p in self.graph.named_parameters()}
+                with artifacts.atomic_path(tmp / "weights.safetensors") as path:
+                    save_file(weights, str(path))
+            meta = {
+                "version": STATE_VERSION,
+                "config": self.config.to_dict(),
+                "points": [{"name": p.name, "kind": p.kind, "nodes": list(p.nodes)} for p in self.points],
+                "fallback": self.fallback_layers,
+                "weights_changed": self.carries_weights,
+            }
+            artifacts.write_json(tmp / "quant_state.json", meta)
 
     @classmethod
     def load(cls, directory: str | Path, model: torch.nn.Module, input_names: tuple[str, ...] | None = None) -> "Quantizer":

@@ -14,7 +14,7 @@ from ptqkit.errors import UserError
 from ptqkit.export import export_onnx, export_torchscript
 from ptqkit.layer_error import layer_errors
 from ptqkit.passes import observer_key
-from ptqkit.pipeline import AUTO_INT8_ATTENTION, int8_attention
+from ptqkit.pipeline import int8_attention
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from ptqkit.sysinfo import SATURATING_ISAS, host_int8_isa
@@ -149,17 +149,28 @@ def test_unsupported_attention_is_a_user_error(q, bert, monkeypatch):
         q.convert(bert)
 
 
-def test_int8_attention_choice():
-    assert int8_attention(RunConfig(int8_attention="on", device="aarch64"))
-    assert not int8_attention(RunConfig(int8_attention="off", backend="openvino"))
-    vnni = "avx512_vnni"  # auto: on x86 with VNNI only (pipeline.int8_attention)
-    assert int8_attention(RunConfig(backend="auto", isa=vnni)) is AUTO_INT8_ATTENTION
-    assert not int8_attention(RunConfig(backend="auto", isa="avx2"))
-    assert int8_attention(RunConfig(backend="auto")) is (AUTO_INT8_ATTENTION and host_int8_isa() not in SATURATING_ISAS)
-    for name in ("openvino", "onnxruntime", "inductor"):
-        assert int8_attention(RunConfig(backend=name, isa=vnni)) is get_backend(name).int8_attention
-        assert not int8_attention(RunConfig(backend=name, device="aarch64"))
-        assert not int8_attention(RunConfig(backend=name, isa="avx2"))
+@pytest.mark.parametrize("flags, expected", [
+    ({"int8_attention": "on", "device": "aarch64"}, True),  # on/off are the user's word
+    ({"int8_attention": "off", "backend": "openvino", "isa": "avx512_vnni"}, False),
+    ({"backend": "auto", "isa": "avx512_vnni"}, True),  # auto: on for x86 with VNNI under --backend auto
+    ({"backend": "auto", "isa": "avx_vnni"}, True),
+    ({"backend": "auto", "isa": "amx"}, True),
+    ({"backend": "auto", "isa": "avx512"}, False),  # off where 16-bit pair sums saturate
+    ({"backend": "auto", "isa": "avx2"}, False),
+    ({"backend": "auto", "device": "aarch64", "isa": "arm_i8mm"}, False),  # off on aarch64
+    ({"backend": "openvino", "isa": "avx512_vnni"}, True),  # a forced engine: its own preference
+    ({"backend": "onnxruntime", "isa": "avx512_vnni"}, False),  # as fast either way: stays off
+    ({"backend": "inductor", "isa": "avx512_vnni"}, False),  # runs attention as fp32 math
+    ({"backend": "openvino", "isa": "avx2"}, False),
+    ({"backend": "openvino", "device": "aarch64"}, False),
+])
+def test_int8_attention_choice(flags, expected):
+    assert int8_attention(RunConfig(**flags)) is expected
+
+
+def test_int8_attention_auto_reads_the_host_isa_and_refuses_other_words():
+    host = int8_attention(RunConfig(backend="auto", isa=host_int8_isa()))
+    assert int8_attention(RunConfig(backend="auto")) is host
     with pytest.raises(UserError, match="--int8-attention"):
         int8_attention(RunConfig(int8_attention="maybe"))
 

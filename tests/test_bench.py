@@ -2,7 +2,6 @@
 interleaved timing loop."""
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -54,28 +53,28 @@ def test_throughput_is_computed_from_the_printed_median() -> None:
     assert batch["median"] == 300.0 and batch["throughput_seq_s"] == round(32e3 / 300.0, 2)
 
 
-def test_settle_pause_idles_before_each_call_and_is_not_timed() -> None:
-    starts: list[float] = []
-
-    def runner(inputs):
-        starts.append(time.perf_counter())
-        time.sleep(0.001)
-
-    samples = time_interleaved({"a": runner, "b": runner}, {}, BenchConfig(warmup=0, rounds=3), settle_s=0.02)
-    assert all(len(v) == 3 for v in samples.values())
-    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.02  # every call waits for the others' threads to idle
-    assert max(max(v) for v in samples.values()) < 15  # ms: the pause is not part of a call's time
+def test_settle_pause_idles_before_each_timed_call_and_is_not_timed(fake_clock) -> None:
+    """Warm-up calls run back to back; every timed call waits settle_s first; a call's time excludes the pause."""
+    runners = {"a": fake_clock.runner("a", 2.0), "b": fake_clock.runner("b", 3.0)}
+    samples = time_interleaved(runners, {}, BenchConfig(warmup=1, rounds=3), settle_s=0.02)
+    assert samples == {"a": pytest.approx([2.0] * 3), "b": pytest.approx([3.0] * 3)}
+    pause = ("sleep", 0.02)
+    assert fake_clock.events == [("a", 2.0), ("b", 3.0)] + [pause, ("a", 2.0), pause, ("b", 3.0)] * 3
 
 
-def test_only_multi_thread_cells_settle(monkeypatch) -> None:
+def test_time_budget_ends_the_cell_after_the_round_that_passes_it(fake_clock) -> None:
+    """The `server` preset's cap: whole rounds only (each variant keeps the same number of samples)."""
+    runners = {"a": fake_clock.runner("a", 10.0), "b": fake_clock.runner("b", 10.0)}
+    samples = time_interleaved(runners, {}, BenchConfig(warmup=0, rounds=100, time_budget_s=0.05))
+    assert [len(v) for v in samples.values()] == [3, 3]  # 20 ms a round: past 50 ms after the third
+    assert len(time_interleaved(runners, {}, BenchConfig(warmup=0, rounds=4))["a"]) == 4  # no budget: every round
+
+
+def test_only_multi_thread_cells_settle(fake_clock) -> None:
     """bert_ptq.py pauses settle_s before each call of a multi-thread cell; one-thread cells run back to back."""
-    seen = []
-    monkeypatch.setattr(pipeline, "time_interleaved",
-                        lambda runners, inputs, bench, settle_s=0.0: seen.append(settle_s) or {n: [1.0] for n in runners})
-
     loaded = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vocab_size=100)), input_names=("input_ids",))
-    bench = BenchConfig(shapes=(Shape(1, 8),), threads=(1, 2), profile_calls=0)
-    out = pipeline.measure_latency({"x": lambda t: (lambda inputs: None)}, loaded, bench)
-    assert seen == [0.0, bench.settle_s] and bench.settle_s == SETTLE_S > 0
-    assert [c["threads"] for c in out["x"]["latency_ms"]] == [1, 2]
-
+    bench = BenchConfig(shapes=(Shape(1, 8),), threads=(1, 2), warmup=0, rounds=2, profile_calls=0)
+    out = pipeline.measure_latency({"x": lambda threads: fake_clock.runner(f"x@{threads}", 1.0)}, loaded, bench)
+    pause = ("sleep", SETTLE_S)
+    assert SETTLE_S > 0 and fake_clock.events == [("x@1", 1.0)] * 2 + [pause, ("x@2", 1.0)] * 2
+    assert [(c["threads"], c["median"]) for c in out["x"]["latency_ms"]] == [(1, 1.0), (2, 1.0)]

@@ -14,14 +14,13 @@ from ptqkit.bulk_eval import EvalConfig, run_eval
 from ptqkit.data import calibration_batches
 from ptqkit.errors import UserError
 from ptqkit.pipeline import RunConfig, calibrate, export_artifacts, load
-from test_pipeline import WORDS, _write_csv
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory, tiny_model_dir: Path) -> Path:
+def artefacts(tmp_path_factory, tiny_model_dir: Path, write_csv) -> Path:
     d = tmp_path_factory.mktemp("bulk")
-    cfg = RunConfig(model=str(tiny_model_dir), train_file=str(_write_csv(d / "train.csv", 80, 0)),
-                    validation_file=str(_write_csv(d / "val.csv", 8, 1)), batch_size=8, max_seq_len=32)
+    cfg = RunConfig(model=str(tiny_model_dir), train_file=str(write_csv(d / "train.csv", 80, 0)),
+                    validation_file=str(write_csv(d / "val.csv", 8, 1)), batch_size=8, max_seq_len=32)
     ld = load(cfg)
     q, _ = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, 2, 8, 32))
     export_artifacts(ld.model, q.convert(ld.model), ld.input_names, d)
@@ -34,11 +33,11 @@ def _cfg(artefacts: Path, tiny_model_dir: Path, path: Path, out: Path, **kw) -> 
 
 
 @pytest.mark.slow  # a local Ray cluster and 10,000 rows twice: ~35 s on a 2-core AVX2 machine
-def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, tmp_path: Path) -> None:
+def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, tmp_path: Path, words) -> None:
     rng = random.Random(3)
     path = tmp_path / "rows.csv"
     path.write_text("review,label\n" + "".join(
-        f"{' '.join(rng.choice(WORDS) for _ in range(rng.randint(1, 40)))},{rng.randint(0, 1)}\n" for _ in range(10_000)))
+        f"{' '.join(rng.choice(words) for _ in range(rng.randint(1, 40)))},{rng.randint(0, 1)}\n" for _ in range(10_000)))
     ray_rep = run_eval(_cfg(artefacts, tiny_model_dir, path, tmp_path / "ray", actors=2))
     local_rep = run_eval(_cfg(artefacts, tiny_model_dir, path, tmp_path / "local", local=True))
     ray_pred = (tmp_path / "ray" / "predictions.csv").read_text().splitlines()
@@ -54,14 +53,14 @@ def test_ray_data_equals_single_process_row_for_row(artefacts, tiny_model_dir, t
     assert set(ray_rep["metrics"]["int8"]) == {"accuracy", "f1"}
 
 
-def test_jsonl_and_parquet_without_labels(artefacts, tiny_model_dir, tmp_path: Path, monkeypatch) -> None:
+def test_jsonl_and_parquet_without_labels(artefacts, tiny_model_dir, tmp_path: Path, monkeypatch, words) -> None:
     import pandas as pd
 
     scratch = tmp_path / "scratch"  # where the engines' model copies go while they load
     scratch.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(scratch))
 
-    df = pd.DataFrame({"text": [" ".join(random.Random(i).choice(WORDS) for _ in range(8)) for i in range(50)],
+    df = pd.DataFrame({"text": [" ".join(random.Random(i).choice(words) for _ in range(8)) for i in range(50)],
                        "source": ["a", "b"] * 25})
     df.to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
     df.to_parquet(tmp_path / "rows.parquet")
@@ -72,11 +71,11 @@ def test_jsonl_and_parquet_without_labels(artefacts, tiny_model_dir, tmp_path: P
     assert list(scratch.iterdir()) == []  # no model copies left behind
 
 
-def test_bad_input_is_one_line(artefacts, tiny_model_dir, tmp_path: Path) -> None:
+def test_bad_input_is_one_line(artefacts, tiny_model_dir, tmp_path: Path, write_csv) -> None:
     (tmp_path / "rows.txt").write_text("x")
     with pytest.raises(UserError, match="unsupported file type"):
         run_eval(_cfg(artefacts, tiny_model_dir, tmp_path / "rows.txt", tmp_path / "o"))
-    csv = _write_csv(tmp_path / "rows.csv", 5, 0)
+    csv = write_csv(tmp_path / "rows.csv", 5, 0)
     with pytest.raises(UserError, match="model_fp32.onnx not found"):
         run_eval(_cfg(tmp_path, tiny_model_dir, csv, tmp_path / "o"))
     with pytest.raises(UserError, match="--where"):

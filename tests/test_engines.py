@@ -10,7 +10,6 @@ from ptqkit import backends
 from ptqkit.backends.base import MODULE, ONNX, Engine, KernelEvidence
 from ptqkit.pipeline import run
 from ptqkit.qmodel import QuantLinear
-from test_pipeline import user_cfg  # noqa: F401 - the tiny model and CSV task fixture
 
 
 class EagerEngine(Engine):
@@ -36,9 +35,9 @@ class EagerRunner:
         return KernelEvidence(fp32=n, details={"QuantLinear (fp32 math)": n} if n else {})
 
 
-def test_example_engine_runs_through_the_pipeline(user_cfg, tmp_path, monkeypatch):  # noqa: F811
+def test_example_engine_runs_through_the_pipeline(quick_cfg, tmp_path, monkeypatch):
     monkeypatch.setitem(backends.ENGINES, "eager", "test_engines:EagerEngine")  # the one registry line
-    rep = run(replace(user_cfg, backend="eager", allow_no_int8=True, output_dir=str(tmp_path)))
+    rep = run(replace(quick_cfg, backend="eager", allow_no_int8=True, output_dir=str(tmp_path)))
     by_name = {v["name"]: v for v in rep["variants"]}
     assert list(by_name) == ["pytorch-fp32", "pytorch-fakequant", "eager-fp32", "eager-int8"]
     ours = by_name["eager-int8"]

@@ -5,6 +5,7 @@ import ast
 import errno
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -167,6 +168,16 @@ def test_stale_temp_dirs_are_removed(tmp_path: Path, tiny_model_dir: Path, monke
 # --- CLI ------------------------------------------------------------------------------------------------------------
 
 
+def run_cli(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
+    """Run a CLI script as `python script args` would, in this process (no fresh interpreter and torch import per
+    case): its exit code and its non-empty stderr lines."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--device", "arm"], "invalid choice: 'arm'"),
     (["--batch-size", "0"], "0 must be >= 1"),
@@ -175,18 +186,30 @@ def test_stale_temp_dirs_are_removed(tmp_path: Path, tiny_model_dir: Path, monke
     (["--model", "/nonexistent/dir"], "directory /nonexistent/dir does not exist"),
     (["--backend", "nosuch"], "unknown backend 'nosuch'; choose one of openvino, onnxruntime"),
 ])
-def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str):
+def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, args: list[str], message: str):
     """Each error fires before any model is loaded or trained, so the cache stays empty and no artefact appears."""
-    env = {**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    monkeypatch.setenv("PTQKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "bert_ptq.py", *args, "--output-dir", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and len(lines) <= 2, proc.stderr
+    code, lines = run_cli("bert_ptq.py", [*args, "--output-dir", str(out)], monkeypatch, capsys)
+    assert code == 2 and len(lines) <= 2, lines
     assert message in lines[-1]
     assert not (tmp_path / "cache").exists()
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "arm"], "invalid choice: 'arm'"),  # argparse's own exit
+    (["--model", "/nonexistent/dir"], "error: --model /nonexistent/dir: directory /nonexistent/dir does not exist"),
+])
+def test_cli_process_exits_2_without_traceback(tmp_path: Path, args: list[str], message: str):
+    """The whole process, as a user runs it: exit status 2, one line on stderr, nothing printed on the way."""
+    env = {**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "bert_ptq.py", *args, "--output-dir", str(tmp_path / "out")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) <= 2, proc.stderr
+    assert message in lines[-1] and not proc.stdout
 
 
 # --- saved state is never unpickled ---------------------------------------------------------------------------------
@@ -278,23 +301,24 @@ def test_fewer_calibration_batches_warns_and_continues(capsys: pytest.CaptureFix
     (["--max-seq-len", "100"], "--max-seq-len 100 exceeds the model's 64 positions"),
     (["--calib-batches", "0"], "0 must be >= 1"),
 ])
-def test_cli_pipeline_limits(tmp_path: Path, tiny_model_dir: Path, extra: list[str], message: str):
-    res = subprocess.run([sys.executable, str(REPO / "calib.py"), "--model", str(tiny_model_dir), "--task", "rotten_tomatoes",
-                          "--output-dir", str(tmp_path / "out"), *extra], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache")}, timeout=300)
-    assert res.returncode == 2, res.stderr
-    assert message in res.stderr and "Traceback" not in res.stderr
+def test_cli_pipeline_limits(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture, extra: list[str], message: str):
+    monkeypatch.setenv("PTQKIT_CACHE", str(tmp_path / "cache"))
+    code, lines = run_cli("calib.py", ["--model", str(tiny_model_dir), "--task", "rotten_tomatoes",
+                                       "--output-dir", str(tmp_path / "out"), *extra], monkeypatch, capsys)
+    assert code == 2 and message in lines[-1], lines
     assert not (tmp_path / "out").exists()
 
 
-def test_labels_outside_model_label_count(tmp_path: Path, tiny_model_dir: Path):
+def test_labels_outside_model_label_count(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture):
     for name, labels in (("train.csv", [0, 1, 2]), ("val.csv", [0, 2])):
         (tmp_path / name).write_text("text,label\n" + "".join(f"film {i},{y}\n" for i, y in enumerate(labels)))
-    res = subprocess.run([sys.executable, str(REPO / "bert_ptq.py"), "--model", str(tiny_model_dir),
-                          "--train-file", str(tmp_path / "train.csv"), "--validation-file", str(tmp_path / "val.csv"),
-                          "--output-dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PTQKIT_CACHE": str(tmp_path / "cache")}, timeout=300)
-    assert res.returncode == 2 and "label" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    monkeypatch.setenv("PTQKIT_CACHE", str(tmp_path / "cache"))
+    code, lines = run_cli("bert_ptq.py", ["--model", str(tiny_model_dir), "--train-file", str(tmp_path / "train.csv"),
+                                          "--validation-file", str(tmp_path / "val.csv"),
+                                          "--output-dir", str(tmp_path / "out")], monkeypatch, capsys)
+    assert code == 2 and "label" in lines[-1], lines
     assert not (tmp_path / "out").exists()
 
 
@@ -321,23 +345,39 @@ def test_interrupted_export_keeps_previous_artefact(tmp_path: Path, monkeypatch:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-def test_interrupted_calibration_leaves_previous_state(tmp_path: Path):
-    """The state is written only after calibration: an interrupted run leaves the last complete state untouched."""
+def test_interrupted_save_keeps_the_previous_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C inside Quantizer.save, after the new observer statistics were written but before the JSON: the
+    previous complete state stays byte for byte and loads with its own statistics; no temp dir is left."""
+    import torch
+
     from ptqkit.quantizer import Quantizer, run_calibration
 
     model = tiny_bert()
-    q = Quantizer("x86")
-    run_calibration(q.calib(model), [make_batch(4, 12, 0)])
-    q.quantize()
-    q.save(tmp_path / "state")
+
+    def calibrated(seed: int) -> Quantizer:
+        q = Quantizer("x86")
+        run_calibration(q.calib(model), [make_batch(4, 12, seed)])
+        q.quantize()
+        return q
+
+    def statistics(q: Quantizer) -> dict[str, torch.Tensor]:
+        return {f"{k}.{b}": t for k, o in q.observers().items() for b, t in o.state_dict().items()}
+
+    old, new = calibrated(0), calibrated(1)
+    assert any(not torch.equal(t, statistics(new)[k]) for k, t in statistics(old).items())  # a change would show
+    old.save(tmp_path / "state")
     before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
 
-    def batches():
-        yield make_batch(4, 12, 0)
+    def interrupted(path: Path, obj: object) -> None:
+        assert list(Path(path).parent.glob("observers.safetensors"))  # some of the new state is on disk already
         raise KeyboardInterrupt
 
-    q2 = Quantizer("x86")
+    monkeypatch.setattr(artifacts, "write_json", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_calibration(q2.calib(model), batches())
+        new.save(tmp_path / "state")
+    monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()} == before
-    assert Quantizer.load(tmp_path / "state", model).points == q.points
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]
+    loaded = statistics(Quantizer.load(tmp_path / "state", model))
+    assert loaded.keys() == statistics(old).keys()
+    assert all(torch.equal(t, statistics(old)[k]) for k, t in loaded.items())

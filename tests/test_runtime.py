@@ -16,7 +16,6 @@ from ptqkit.bench import BenchConfig, Shape
 from ptqkit.data import Example, encode
 from ptqkit.errors import UserError
 from ptqkit.pipeline import RunConfig, load, run
-from test_pipeline import _write_csv
 from tiny import int8_kernels
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,13 +23,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory, tiny_model_dir) -> tuple[Path, RunConfig]:
+def artefacts(tmp_path_factory, tiny_model_dir, write_csv) -> tuple[Path, RunConfig]:
     """bert_ptq.py's run on a tiny classifier whose weights are scaled up and head centred, so that its labels vary."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     d = tmp_path_factory.mktemp("runtime")
-    val_csv = _write_csv(d / "val.csv", 40, 1)
+    val_csv = write_csv(d / "val.csv", 40, 1)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with torch.no_grad():  # a random model's logits barely move with the input: widen and centre them so labels vary
@@ -45,7 +44,7 @@ def artefacts(tmp_path_factory, tiny_model_dir) -> tuple[Path, RunConfig]:
         model.classifier.bias.sub_(logits.median(0).values)
     model.save_pretrained(d / "model")
     tokenizer.save_pretrained(d / "model")
-    cfg = RunConfig(model=str(d / "model"), train_file=str(_write_csv(d / "train.csv", 64, 0)),
+    cfg = RunConfig(model=str(d / "model"), train_file=str(write_csv(d / "train.csv", 64, 0)),
                     validation_file=str(val_csv), output_dir=str(d / "out"),
                     cache_dir=str(d / "cache"), batch_size=8, max_seq_len=16, calib_batches=2, skip_peers=True,
                     bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1))

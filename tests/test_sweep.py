@@ -15,14 +15,15 @@ from ptqkit.errors import UserError
 from ptqkit.sweep import pareto_front
 from ptqkit.sweep_grid import Recipe, parse_grid
 from ptqkit.sysinfo import SATURATING_ISAS, host_int8_isa
-from test_pipeline import REPO, _write_csv
 from tiny import int8_kernels
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def task_files(tmp_path_factory) -> tuple[Path, Path]:
+def task_files(tmp_path_factory, write_csv) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("sweep-data")
-    return _write_csv(d / "train.csv", 200, 0), _write_csv(d / "val.csv", 40, 1)
+    return write_csv(d / "train.csv", 200, 0), write_csv(d / "val.csv", 40, 1)
 
 
 def _sweep(out: Path, model: Path, files: tuple[Path, Path], *grid: str, wait: bool = True):

@@ -16,12 +16,13 @@ def int8_kernels(engine: str, attention: bool, linears: int = N_LINEARS) -> int:
     return linears + (ATTENTION_KERNELS[engine] if attention else 0)
 
 
-def tiny_bert(seed: int = 0, classifier_gain: float = 50.0) -> torch.nn.Module:
-    """2-layer BERT; the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
+def tiny_bert(seed: int = 0, classifier_gain: float = 50.0, layers: int = 2) -> torch.nn.Module:
+    """2-layer BERT (the counts above; `layers` less where a test needs only one layer of each op, e.g. to halve an
+    Inductor compile); the classifier is scaled up so that random-weight logits are informative (argmax varies)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
     model = BertForSequenceClassification(cfg).eval()
     with torch.no_grad():
