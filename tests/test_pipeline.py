@@ -62,23 +62,31 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     assert attention == (AUTO_INT8_ATTENTION and rep["cpu"]["int8_isa"] not in SATURATING_ISAS)
     extra = ATTENTION_KERNELS if attention else dict.fromkeys(ATTENTION_KERNELS, 0)
     assert all(c["int8_kernels"] == N_LINEARS + extra[c["engine"]] for c in cands.values()), cands
-    for c in cands.values():  # the rule: agreement on the whole pool, int8 kernels, faster than the engine's fp32
+    for c in cands.values():  # the rule: agreement (this pool is one look), int8 kernels, faster than the engine's fp32
+        if "not_checked" in c:  # slower than an eligible candidate, or unable to win: never checked
+            assert not c["eligible"] and "agreement_with_fakequant" not in c, c
+            continue
+        assert c["agreement_sentences"] == 120 - 2 * 8, c
         assert c["eligible"] == (c["agreement_with_fakequant"] >= MIN_AGREEMENT and c["int8_kernels"] > 0
                                  and c["median_ms"] < c["engine_fp32_ms"]), c
         assert 0 <= c["mean_logit_error"] < 1, c
     assert sel["agreement_data"] == f"{120 - 2 * 8} held-out train sentences"  # all train rows but the calibration ones
+    assert sel["fakequant_reference"].startswith("onnxruntime-fakequant")
     eligible = [c for c in cands.values() if c["eligible"]]
-    assert sel["chosen"] == (min(eligible, key=lambda c: c["median_ms"])["name"] if eligible else
+    assert len(eligible) <= 1  # checked fastest first: the first eligible one ends the check
+    assert sel["chosen"] == (eligible[0]["name"] if eligible else
                              max(cands.values(), key=lambda c: (c["agreement_with_fakequant"], -c["median_ms"]))["name"])
+    assert all(c["median_ms"] > cands[sel["chosen"]]["median_ms"] for c in cands.values()
+               if c.get("not_checked", "").endswith("is eligible"))
     ours = by_name[sel["chosen"]]
     engine = cands[sel["chosen"]]["engine"]
-    assert [v["name"] for v in rep["variants"][:4]] == ["pytorch-fp32", "pytorch-fakequant", f"{engine}-fp32", sel["chosen"]]
+    assert [v["name"] for v in rep["variants"][:4]] == ["pytorch-fp32", "onnxruntime-fakequant", f"{engine}-fp32", sel["chosen"]]
     assert rep["quantization"]["points"] == N_LINEARS + (N_ATTENTION_POINTS if attention else 0)
     assert ours["int8_kernels"] == N_LINEARS + extra[engine]
     assert by_name[f"{engine}-fp32"]["int8_kernels"] == 0
     assert ours["agreement_with_fakequant"] >= 0.9
     assert rep["cpu"]["int8_isa"] == rep["quantization"]["config"]["isa"]
-    assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["pytorch-fakequant"]
+    assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["onnxruntime-fakequant"]
     md = (out / "report.md").read_text()
     assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
     assert "| variant | agreement with fp32 | accuracy |" in md  # fidelity is the first column
@@ -89,13 +97,19 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
         cell = by_name[name]["profile"][0]
         assert (cell["batch"], cell["seq_len"], cell["threads"]) == (1, 16, 1) and cell["gemm"] > 0
         assert cell["end_to_end"] > 0 and cell["outside"] >= 0
-    assert "profile" not in by_name["pytorch-fakequant"]  # not timed, not profiled
+    assert "profile" not in by_name["onnxruntime-fakequant"]  # not timed, not profiled
     (limit,) = rep["limits"]
     assert limit["engine"] == engine and limit["peaks"][0]["peak_gmac_s"] > 0
     assert [r["name"] for r in limit["rows"] if r["batch"] == 1] == [v["name"] for v in rep["variants"]
                                                    if v.get("engine") == engine and v.get("profile")
                                                    and v["precision"].startswith("int8")]
     assert "## Engine time" in md and "## Limit" in md
+    # every stage timed: the stages cover the run, ours beside nothing (no peers here) in one printed line
+    stages = {r["stage"] for r in rep["stages"]["seconds"]}
+    assert {"load", "capture", "calibrate: observers", "export: int8 onnx", "compile: onnxruntime-fakequant",
+            "auto check: timing", f"compile: {engine}-fp32", f"evaluate: {sel['chosen']}", "timing"} <= stages
+    assert 0 < rep["stages"]["to_int8_engine_s"] < rep["stages"]["total_s"]
+    assert "## Where the time went" in md
     assert not list(out.glob(".*tmp*")), "temp files left behind"
 
 
