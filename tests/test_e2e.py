@@ -24,7 +24,7 @@ def test_report_contract(report: dict) -> None:
     assert isinstance(report["cpu"]["model"], str) and isinstance(report["cpu"]["flags"], list)
     assert "torch" in report["versions"]
     names = [v["name"] for v in report["variants"]]
-    assert names[:2] == ["pytorch-fp32", "onnxruntime-fakequant"] and report["backend_selection"]["chosen"] in names
+    assert names[:2] == ["pytorch-fp32", "pytorch-fakequant"] and report["backend_selection"]["chosen"] in names
     fp32 = report["variants"][0]["metrics"]["accuracy"]
     for v in report["variants"][1:]:  # every variant is evaluated and predicts (almost) what fp32 predicts
         assert {"name", "engine", "precision", "metrics"} <= set(v)

@@ -40,11 +40,11 @@ def test_example_engine_runs_through_the_pipeline(user_cfg, tmp_path, monkeypatc
     monkeypatch.setitem(backends.ENGINES, "eager", "test_engines:EagerEngine")  # the one registry line
     rep = run(replace(user_cfg, backend="eager", allow_no_int8=True, output_dir=str(tmp_path)))
     by_name = {v["name"]: v for v in rep["variants"]}
-    assert list(by_name) == ["pytorch-fp32", "onnxruntime-fakequant", "eager-fp32", "eager-int8"]
+    assert list(by_name) == ["pytorch-fp32", "pytorch-fakequant", "eager-fp32", "eager-int8"]
     ours = by_name["eager-int8"]
     assert ours["kernel_details"] == {"QuantLinear (fp32 math)": 14} and ours["int8_kernels"] == 0
     assert ours["note"].startswith("NO int8 kernels")  # reported honestly, not as int8
     # the engine computes the converted model, so it agrees with the fake-quant graph and the fp32 copy with fp32
     assert ours["agreement_with_fakequant"] == 1.0 and by_name["eager-fp32"]["agreement_with_fp32"] == 1.0
-    assert ours["metrics"] == by_name["onnxruntime-fakequant"]["metrics"]
+    assert ours["metrics"] == by_name["pytorch-fakequant"]["metrics"]
     assert all(by_name[n]["latency_ms"] for n in ("pytorch-fp32", "eager-fp32", "eager-int8"))

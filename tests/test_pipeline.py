@@ -71,7 +71,7 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
                                  and c["median_ms"] < c["engine_fp32_ms"]), c
         assert 0 <= c["mean_logit_error"] < 1, c
     assert sel["agreement_data"] == f"{120 - 2 * 8} held-out train sentences"  # all train rows but the calibration ones
-    assert sel["fakequant_reference"].startswith("onnxruntime-fakequant")
+    assert sel["fakequant_reference"] == "pytorch-fakequant"
     eligible = [c for c in cands.values() if c["eligible"]]
     assert len(eligible) <= 1  # checked fastest first: the first eligible one ends the check
     assert sel["chosen"] == (eligible[0]["name"] if eligible else
@@ -80,13 +80,13 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
                if c.get("not_checked", "").endswith("is eligible"))
     ours = by_name[sel["chosen"]]
     engine = cands[sel["chosen"]]["engine"]
-    assert [v["name"] for v in rep["variants"][:4]] == ["pytorch-fp32", "onnxruntime-fakequant", f"{engine}-fp32", sel["chosen"]]
+    assert [v["name"] for v in rep["variants"][:4]] == ["pytorch-fp32", "pytorch-fakequant", f"{engine}-fp32", sel["chosen"]]
     assert rep["quantization"]["points"] == N_LINEARS + (N_ATTENTION_POINTS if attention else 0)
     assert ours["int8_kernels"] == N_LINEARS + extra[engine]
     assert by_name[f"{engine}-fp32"]["int8_kernels"] == 0
     assert ours["agreement_with_fakequant"] >= 0.9
     assert rep["cpu"]["int8_isa"] == rep["quantization"]["config"]["isa"]
-    assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["onnxruntime-fakequant"]
+    assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["pytorch-fakequant"]
     md = (out / "report.md").read_text()
     assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
     assert "| variant | agreement with fp32 | accuracy |" in md  # fidelity is the first column
@@ -97,7 +97,7 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
         cell = by_name[name]["profile"][0]
         assert (cell["batch"], cell["seq_len"], cell["threads"]) == (1, 16, 1) and cell["gemm"] > 0
         assert cell["end_to_end"] > 0 and cell["outside"] >= 0
-    assert "profile" not in by_name["onnxruntime-fakequant"]  # not timed, not profiled
+    assert "profile" not in by_name["pytorch-fakequant"]  # not timed, not profiled
     (limit,) = rep["limits"]
     assert limit["engine"] == engine and limit["peaks"][0]["peak_gmac_s"] > 0
     assert [r["name"] for r in limit["rows"] if r["batch"] == 1] == [v["name"] for v in rep["variants"]
@@ -106,7 +106,7 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     assert "## Engine time" in md and "## Limit" in md
     # every stage timed: the stages cover the run, ours beside nothing (no peers here) in one printed line
     stages = {r["stage"] for r in rep["stages"]["seconds"]}
-    assert {"load", "capture", "calibrate: observers", "export: int8 onnx", "compile: onnxruntime-fakequant",
+    assert {"load", "capture", "calibrate: observers", "export: int8 onnx", 
             "auto check: timing", f"compile: {engine}-fp32", f"evaluate: {sel['chosen']}", "timing"} <= stages
     assert 0 < rep["stages"]["to_int8_engine_s"] < rep["stages"]["total_s"]
     assert "## Where the time went" in md

@@ -15,12 +15,6 @@ from .ort_attention import to_multihead_attention
 INT8_OPS = ("QLinearMatMul", "MatMulInteger", "QGemm", "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
             "QLinearConv", "ConvInteger", "QOrderedMatMul")
 FP32_OPS = ("MatMul", "Gemm", "FusedMatMul", "Attention", "MultiHeadAttention", "FusedGemm", "Conv")
-# Precision that runs a QDQ model as the fake-quant model computes it, for the fake-quant reference of --backend auto
-# and evaluation (pipeline.fakequant_reference): with graph optimizations off ORT fuses nothing, so each
-# QuantizeLinear/DequantizeLinear pair runs as its own float op (round half to even and clamp, then scale back), as
-# torch's fake-quant ops do; the MatMuls stay float. Equal to the eager fake-quant graph on the default model's
-# contracts (tests/test_selection.py checks it on a tiny BERT) and much faster than it.
-FAKEQUANT = "fakequant"
 
 
 class ORTRunner:
@@ -67,14 +61,11 @@ class ORTBackend(Engine):
         self.fuse_attention = fuse_attention
 
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> ORTRunner:
-        """The precision is in the graph (QDQ or not); ORT's CPU provider takes no precision hint. FAKEQUANT runs
-        the graph as exported, every optimization off."""
-        fakequant = precision == FAKEQUANT
+        """The precision is in the graph (QDQ or not); ORT's CPU provider takes no precision hint."""
         # The optimized graph is the kernel evidence: ORT writes it at session creation; it is read, then removed.
         with tempfile.TemporaryDirectory(prefix="ptqkit-ort-") as tmp:
             optimized = Path(tmp) / (Path(model_path).stem + ".optimized.onnx")
-            session = _session(model_path, threads, self.fuse_attention and not fakequant, optimize=not fakequant,
-                               optimized_model_filepath=str(optimized))
+            session = _session(model_path, threads, self.fuse_attention, optimized_model_filepath=str(optimized))
             evidence = _optimized_ops(optimized)
         return ORTRunner(session, evidence)
 
@@ -120,9 +111,9 @@ def _op_kind(args: dict) -> str:
     return OP_KIND.get(op, "other")
 
 
-def _session(model_path: str | Path, threads: int, fuse_attention: bool, optimize: bool = True, **options):
-    """A CPU session with full graph optimizations (none without `optimize`) on `threads` intra-op threads, after
-    the attention rewrite when `fuse_attention` and it finds a block; `options`: SessionOptions fields."""
+def _session(model_path: str | Path, threads: int, fuse_attention: bool, **options):
+    """A CPU session with full graph optimizations on `threads` intra-op threads, after the attention rewrite
+    when `fuse_attention` and it finds a block; `options`: SessionOptions fields."""
     import onnx
     import onnxruntime as ort
 
@@ -133,8 +124,7 @@ def _session(model_path: str | Path, threads: int, fuse_attention: bool, optimiz
             model = proto.SerializeToString()
 
     so = ort.SessionOptions()
-    level = ort.GraphOptimizationLevel
-    so.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
