@@ -30,6 +30,9 @@ class Peer:
     note: str | None = None
 
 
+NNCF = "nncf-openvino-int8"  # the peer our time to an int8 engine is compared with (report "stages")
+
+
 def nncf_int8(fp32_onnx: Path, calib: list[dict], out_dir: Path) -> Peer:
     """NNCF PTQ (transformer model type) on the OpenVINO model, same calibration batches as ours, run at OpenVINO's
     default precision for this CPU as NNCF's users run it (the f32 hint of our "int8" variant slowed it by up to
@@ -45,7 +48,7 @@ def nncf_int8(fp32_onnx: Path, calib: list[dict], out_dir: Path) -> Peer:
     xml = artifacts.Layout(out_dir).peer_nncf_xml
     _save_ir(quantized, xml)
     backend, precision = OpenVINOBackend(), default_int8_precision()
-    return Peer("nncf-openvino-int8", "openvino", precision, lambda t: backend.compile(xml, t, precision), str(xml),
+    return Peer(NNCF, "openvino", precision, lambda t: backend.compile(xml, t, precision), str(xml),
                 backend.profiler(xml, precision), note=f"as a plain compile_model runs it on this CPU: "
                 f"{'bf16' if precision == 'int8-bf16' else 'f32'} outside int8")
 

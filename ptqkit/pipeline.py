@@ -30,12 +30,14 @@ from .smoothquant import collect_input_absmax, smooth, smooth_runtime
 from .sysinfo import SATURATING_ISAS, host_int8_isa
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, Selection, select_engine
+from .stages import Stages
 
 LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
 # --int8-attention auto under --backend auto, where OpenVINO and ONNX Runtime compete on one exported file: on (on
 # VNNI x86; see pipeline.int8_attention). OpenVINO, the faster engine there, gains most from it; ONNX Runtime runs it
-# at the same speed (README "int8 attention" has the figures)
+# at the same speed (docs/attention.md has the figures)
 AUTO_INT8_ATTENTION = True
+FAKEQUANT = "pytorch-fakequant"  # the reference variant: the eager fake-quant graph (choose_engine says why eager)
 
 
 @dataclass
@@ -139,25 +141,33 @@ def engine_variants(engine: Engine, forms: ModelForms, precisions: tuple[str, ..
 
 
 def run(cfg: RunConfig) -> dict:
-    """fp32 baseline, PTQ, export, compile on the engine, peers, evaluate and time every variant, report."""
+    """fp32 baseline, PTQ, export, compile on the engine, peers, evaluate and time every variant, report; every
+    stage timed (report "stages")."""
     auto = cfg.backend == "auto"
-    check_backend_name(cfg.backend)
-    ld = load(cfg)
-    out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    stages = Stages()
+    with stages.time("load"):
+        check_backend_name(cfg.backend)
+        ld = load(cfg)
+        out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     threads = cfg.bench.threads[0]
-    calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
-    q, steps = calibrate(ld, cfg, calib)
-    q.save(artifacts.Layout(out_dir).quant_state)
-    converted = q.convert(ld.model)
-    paths = export_artifacts(ld.model, converted, ld.input_names, out_dir)
-    write_runtime_files(ld, cfg, out_dir)
+    with stages.time("calibrate: data"):
+        calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
+    q, steps = calibrate(ld, cfg, calib, stages)
+    with stages.time("export: state and runtime files"):
+        q.save(artifacts.Layout(out_dir).quant_state)
+        converted = q.convert(ld.model)
+    paths = export_artifacts(ld.model, converted, ld.input_names, out_dir, stages)
+    with stages.time("export: state and runtime files"):
+        write_runtime_files(ld, cfg, out_dir)
     forms = ModelForms(onnx={"fp32": paths["fp32_onnx"], "int8": paths["int8_onnx"]},
                        module={"fp32": LogitsOnly(ld.model, ld.input_names), "int8": LogitsOnly(converted, ld.input_names)})
 
     built: dict = {}  # runners the selection compiled, reused for evaluation
     selection = None
+    to_int8_engine = None
     if auto:
-        selection = choose_engine(q, ld, cfg, calib, forms, threads)
+        selection = choose_engine(q, ld, cfg, calib, forms, threads, stages)
+        to_int8_engine = stages.total() - stages.seconds["load"]
         engine, ours = selection.engine, (selection.precision,)
         built.update(selection.runners)
     else:
@@ -167,31 +177,35 @@ def run(cfg: RunConfig) -> dict:
                         lambda t: TorchRunner(ld.model, ld.input_names, t), reference="fp32", compare=(),
                         op_times=eager_profiler(ld.model, ld.input_names))]
     if not cfg.bench_only:
-        variants.append(Variant({"name": "pytorch-fakequant", "engine": "pytorch", "precision": "int8-fakequant",
+        variants.append(Variant({"name": FAKEQUANT, "engine": "pytorch", "precision": "int8-fakequant",
                                  "note": "reference fake-quant graph (fp32 math); not timed"},
                                 lambda t: TorchRunner(q.quantize(), ld.input_names, t), reference="fakequant",
                                 measured=False))
     variants += engine_variants(engine, forms, ours, cfg.max_seq_len)
     if not cfg.skip_peers:
-        variants += build_peers(ld, paths["fp32_onnx"], calib, out_dir)
+        variants += build_peers(ld, paths["fp32_onnx"], calib, out_dir, stages)
     built = {v.name: built[v.name] for v in variants if v.name in built}
 
-    evaluate_variants(variants, ld, cfg, built, threads, out_dir)
+    evaluate_variants(variants, ld, cfg, built, threads, out_dir, stages)
     # Timing compiles every variant afresh and alike: a runner that had evaluated sentences of many shapes (or run
-    # the selection) was seen to time slower at 1x512 than a fresh copy of the same model (README "Where the time goes")
+    # the selection) was seen to time slower at 1x512 than a fresh copy of the same model (docs/performance.md)
     built.clear()
     if selection is not None:
         selection.runners.clear()
 
     timed = [v for v in variants if v.build is not None and v.measured]
-    latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench,
-                              {v.name: v.op_times for v in timed if v.op_times})
+    with stages.time("timing"):
+        latency = measure_latency({v.name: v.build for v in timed}, ld, cfg.bench,
+                                  {v.name: v.op_times for v in timed if v.op_times})
     for v in timed:
         v.record.update(latency[v.name])
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
                        [v.record for v in variants], cfg.bench)
     if cfg.bench.profile_calls and engine.profiled and engine.takes == ONNX:  # the peak is timed on QDQ ONNX GEMMs
-        rep["limits"] = [measure_limit(engine, paths["int8_onnx"], rep["variants"], ld.model.config, cfg.bench.threads)]
+        with stages.time("timing: int8 GEMM peak"):
+            rep["limits"] = [measure_limit(engine, paths["int8_onnx"], rep["variants"], ld.model.config,
+                                           cfg.bench.threads)]
+    rep["stages"] = stage_record(stages, to_int8_engine)
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
                            "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
@@ -206,11 +220,25 @@ def run(cfg: RunConfig) -> dict:
     print(report.summary(rep))
     for path in written:
         print(f"wrote {path}")
+    print(report.stage_line(rep["stages"]))
     return rep
 
 
+def stage_record(stages: Stages, to_int8_engine: float | None) -> dict:
+    """report.json "stages": seconds per stage, their total, and two figures to compare: ours from the loaded model
+    to the selected int8 engine (--backend auto: calibration, export, the engines' compiles and the auto check)
+    and NNCF's quantize (reading our fp32 ONNX, nncf.quantize, writing its IR) plus compile, from the same run."""
+    out: dict = {"seconds": stages.to_list(), "total_s": round(stages.total(), 2)}
+    if to_int8_engine is not None:
+        out["to_int8_engine_s"] = round(to_int8_engine, 2)
+    nncf = [f"peers: {peers.NNCF}", f"compile: {peers.NNCF}"]
+    if all(name in stages.seconds for name in nncf):
+        out["nncf_quantize_compile_s"] = round(sum(stages.seconds[name] for name in nncf), 2)
+    return out
+
+
 def evaluate_variants(variants: list[Variant], ld: Loaded, cfg: RunConfig, built: dict, threads: int,
-                      out_dir: Path) -> None:
+                      out_dir: Path, stages: Stages) -> None:
     """Build (or reuse from `built`), check kernels, evaluate every variant, then compare each with the references
     it names. A peer or optional variant that fails is marked failed (build None); any other failure is raised."""
     logits: dict[str, np.ndarray] = {}
@@ -218,15 +246,18 @@ def evaluate_variants(variants: list[Variant], ld: Loaded, cfg: RunConfig, built
         if v.build is None:
             continue
         try:
-            runner = built.get(v.name) or v.build(threads)
-            built[v.name] = runner
+            if v.name not in built:
+                with stages.time(f"compile: {v.name}"):
+                    built[v.name] = v.build(threads)
+            runner = built[v.name]
             if v.measured:
                 record_kernels(v.record, runner.kernels(), cfg.allow_no_int8)
             if cfg.bench_only:  # not evaluated: one call so that a failing engine shows before timing
                 runner(synthetic_inputs(cfg.bench.shapes[0], ld.model.config.vocab_size, ld.input_names))
                 continue
-            logits[v.name] = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id, f"evaluating {v.name}",
-                                            v.pad_to)
+            with stages.time(f"evaluate: {v.name}"):
+                logits[v.name] = predict_logits(runner, ld.val_features, cfg.batch_size, ld.pad_id,
+                                                f"evaluating {v.name}", v.pad_to)
             v.record["metrics"] = evaluate(logits[v.name], ld.val_labels, ld.task.metrics, ld.task.num_labels)
         except Exception as e:  # noqa: BLE001 - a peer or optional engine never takes the run down
             if v.required:
@@ -255,21 +286,31 @@ def record_kernels(record: dict, evidence: KernelEvidence, allow_no_int8: bool) 
 
 
 def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], forms: ModelForms,
-                  threads: int) -> Selection:
+                  threads: int, stages: Stages) -> Selection:
     """--backend auto, checked on held-out train sentences (the calibration sentences when too few are left):
-    validation is never used for choices."""
-    n_calib = sum(int(b["input_ids"].shape[0]) for b in calib)
-    n = min(POOL_SIZE, max(0, len(ld.task.train) - n_calib))
-    pool, kind = split_train(ld.task, n_calib, n)[1], "held-out train sentences"
-    if n < MIN_POOL:
-        pool, kind = split_train(ld.task, POOL_SIZE, 0)[0], "calibration sentences"
-    features = encode(ld.tokenizer, pool, cfg.max_seq_len)
-    fq_logits = predict_logits(TorchRunner(q.quantize(), ld.input_names, threads), features, cfg.batch_size, ld.pad_id,
-                               desc="checking pytorch-fakequant")
-    sel = select_engine(forms, fq_logits, features, kind, cfg.batch_size, ld.pad_id, ld.input_names,
-                        ld.model.config.vocab_size, cfg.bench.shapes[0], threads)
+    validation is never used for choices.
+
+    The fake-quant reference stays the eager graph, scored only on the sentences the stopping rule asks for
+    (selection.py). ONNX Runtime running the QDQ ONNX with graph optimizations off (QuantizeLinear/DequantizeLinear
+    as float ops) was measured as a faster stand-in and rejected: on the default model it disagreed with the eager
+    graph on 5 of the 2,000 pool sentences and 2 of the 1,000 validation ones (largest logit difference 0.085;
+    its float results differ in the last bits (other GEMM kernels; QuantizeLinear divides by the scale where torch
+    multiplies by its inverse), and a value on a rounding boundary then lands one grid step apart), as far from the
+    reference as the int8 engines it would judge, for a 1.3x (128 tokens) to 1.9x (8x512) speed-up."""
+    with stages.time("auto check: data"):
+        n_calib = sum(int(b["input_ids"].shape[0]) for b in calib)
+        n = min(POOL_SIZE, max(0, len(ld.task.train) - n_calib))
+        pool, kind = split_train(ld.task, n_calib, n)[1], "held-out train sentences"
+        if n < MIN_POOL:
+            pool, kind = split_train(ld.task, POOL_SIZE, 0)[0], "calibration sentences"
+        features = encode(ld.tokenizer, pool, cfg.max_seq_len)
+    reference = TorchRunner(q.quantize(), ld.input_names, threads)
+    sel = select_engine(forms, reference, FAKEQUANT, features, f"{len(features)} {kind}", cfg.batch_size,
+                        ld.pad_id, ld.input_names, ld.model.config.vocab_size, cfg.bench.shapes[0], threads, stages)
     print(f"--backend auto: {sel.record['chosen']} ({sel.record['reason']})")
     return sel
+
+
 
 
 def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], holdout_size: int = 1000) -> float:
@@ -296,15 +337,16 @@ def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], h
     return round(drop, 3)
 
 
-def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -> list[Variant]:
-    """NNCF int8 and OpenVINO bf16 (when OpenVINO is installed), ORT dynamic int8, PyTorch dynamic int8.
+def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path, stages: Stages) -> list[Variant]:
+    """NNCF int8 and OpenVINO bf16 (when OpenVINO is installed), ORT dynamic int8, PyTorch dynamic int8, each
+    made under its stage "peers: <name>" (NNCF's is its quantize time).
 
     A peer that cannot be built is kept as a failed variant (not built, evaluated or timed) with its reason."""
     import importlib.util
 
     makers: list[tuple[str, Callable[[], Peer]]] = []
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
-        makers += [("nncf-openvino-int8", lambda: peers.nncf_int8(fp32_onnx, calib, out_dir)),
+        makers += [(peers.NNCF, lambda: peers.nncf_int8(fp32_onnx, calib, out_dir)),
                    ("openvino-bf16", lambda: peers.openvino_bf16(fp32_onnx))]
     if importlib.util.find_spec("onnxruntime"):
         makers.append(("onnxruntime-dynamic-int8", lambda: peers.ort_dynamic_int8(fp32_onnx, out_dir)))
@@ -312,7 +354,8 @@ def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path) -
     found = []
     for name, make in makers:
         try:
-            p = make()
+            with stages.time(f"peers: {name}"):
+                p = make()
         except Exception as e:  # noqa: BLE001 - a peer never takes the run down
             found.append(Variant(mark_failed({"name": name, "peer": True}, e), None))
             continue
@@ -329,10 +372,11 @@ def mark_failed(record: dict, e: Exception) -> dict:
     return record
 
 
-def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, dict]:
-    """PTQ on train batches (never validation), then the optional auto-fallback and QAT steps.
+def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict], stages: Stages | None = None) -> tuple[Quantizer, dict]:
+    """PTQ on train batches (never validation), then the optional auto-fallback and QAT steps, each a stage.
 
     Returns the quantizer and what the optional steps did (for the report)."""
+    stages = stages or Stages()
     try:
         config = QuantConfig.for_device(cfg.device, isa=cfg.isa, attention_matmuls=int8_attention(cfg))
     except ValueError as e:
@@ -342,25 +386,32 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict]) -> tuple[Quantizer, 
     steps: dict = {}
     if cfg.smoothquant is not None:
         # In place on the float model: its outputs do not change, only where the range sits.
-        steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
-    q = Quantizer(device=cfg.device, config=config)
-    calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
-    obstacle = q.attention_obstacle(ld.model) if config.attention_matmuls and cfg.int8_attention == "auto" else ""
-    if obstacle:
-        steps["int8_attention"] = f"off: {obstacle}"
-        print(f"warning: int8 attention off (float attention): {obstacle}", file=sys.stderr)
-        q = Quantizer(device=cfg.device, config=replace(config, attention_matmuls=False))
+        with stages.time("calibrate: smoothquant"):
+            steps["smoothed"] = smooth(ld.model, collect_input_absmax(ld.model, data), cfg.smoothquant)
+    with stages.time("capture"):
+        q = Quantizer(device=cfg.device, config=config)
         calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
+        obstacle = q.attention_obstacle(ld.model) if config.attention_matmuls and cfg.int8_attention == "auto" else ""
+        if obstacle:
+            steps["int8_attention"] = f"off: {obstacle}"
+            print(f"warning: int8 attention off (float attention): {obstacle}", file=sys.stderr)
+            q = Quantizer(device=cfg.device, config=replace(config, attention_matmuls=False))
+            calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how
     if config.smooth_alpha is not None:  # the contract's runtime smoothing: statistics first, then the ranges
-        absmax = collect_input_absmax(ld.model, data)
-        steps["runtime_smoothed"] = len(smooth_runtime(q, absmax, config.smooth_alpha))
-    run_calibration(calib_model, data, total=len(data))
-    q.quantize()
+        with stages.time("calibrate: runtime smoothing statistics"):
+            absmax = collect_input_absmax(ld.model, data)
+            steps["runtime_smoothed"] = len(smooth_runtime(q, absmax, config.smooth_alpha))
+    with stages.time("calibrate: observers"):
+        run_calibration(calib_model, data, total=len(data))
+        q.quantize()
     if cfg.max_accuracy_drop is not None:
-        steps["holdout_drop"] = auto_fallback(q, ld, cfg, data, cfg.fallback_holdout)
+        with stages.time("fallback"):
+            steps["holdout_drop"] = auto_fallback(q, ld, cfg, data, cfg.fallback_holdout)
     if cfg.qat_epochs:
-        steps["qat_steps"] = train_qat(q, ld.task, ld.tokenizer, QATConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len))
+        with stages.time("qat"):
+            steps["qat_steps"] = train_qat(q, ld.task, ld.tokenizer, QATConfig(
+                epochs=cfg.qat_epochs, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len))
     return q, steps
 
 
@@ -368,7 +419,7 @@ def int8_attention(cfg: RunConfig) -> bool:
     """Whether to quantize the attention matmuls: --int8-attention on/off, else (auto) the forced engine's
     preference (Engine.int8_attention), AUTO_INT8_ATTENTION under --backend auto. Auto is off on aarch64 (its
     contract was checked on ARM without it) and on x86 without VNNI (measured only on a VNNI CPU; there the
-    engines' int8 kernels saturate or are slower than fp32, see "int8 on every CPU" in README)."""
+    engines' int8 kernels saturate or are slower than fp32, see docs/isa.md)."""
     if cfg.int8_attention not in INT8_ATTENTION:
         raise UserError(f"--int8-attention must be one of {', '.join(INT8_ATTENTION)}, not {cfg.int8_attention!r}")
     if cfg.int8_attention != "auto":
@@ -378,15 +429,20 @@ def int8_attention(cfg: RunConfig) -> bool:
     return AUTO_INT8_ATTENTION if cfg.backend == "auto" else get_backend(cfg.backend).int8_attention
 
 
-def export_artifacts(model, converted, input_names: tuple[str, ...], out_dir: Path) -> dict[str, Path]:
-    """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript (from the converted model), each written atomically."""
+def export_artifacts(model, converted, input_names: tuple[str, ...], out_dir: Path,
+                     stages: Stages | None = None) -> dict[str, Path]:
+    """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript (from the converted model), each written atomically and timed
+    as its own stage."""
+    stages = stages or Stages()
     example = _export_example(model, input_names)
     layout = artifacts.Layout(out_dir)
-    return {
-        "fp32_onnx": export_fp32(model, input_names, layout.fp32_onnx),
-        "int8_onnx": export_onnx(converted, input_names, example, layout.int8_onnx),
-        "int8_torchscript": export_torchscript(converted, input_names, example, layout.int8_torchscript),
-    }
+    with stages.time("export: fp32 onnx"):
+        fp32 = export_fp32(model, input_names, layout.fp32_onnx)
+    with stages.time("export: int8 onnx"):
+        int8 = export_onnx(converted, input_names, example, layout.int8_onnx)
+    with stages.time("export: int8 torchscript"):
+        script = export_torchscript(converted, input_names, example, layout.int8_torchscript)
+    return {"fp32_onnx": fp32, "int8_onnx": int8, "int8_torchscript": script}
 
 
 def write_runtime_files(ld: Loaded, cfg: RunConfig, out_dir: Path) -> None:

@@ -86,13 +86,11 @@ def markdown(rep: dict) -> str:
         lines += [f"Captured with torch.export: {rep['quantization']['capture']}.", ""]
     sel = rep.get("backend_selection")
     if sel:
-        lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", ""]
+        lines += [f"## Engine selection (--backend auto): {sel['chosen']}", "", sel["reason"] + ".", "",
+                  f"Fake-quant reference: {sel['fakequant_reference']}. Agreement rule: {sel['agreement_rule']}.", ""]
         lines += table(["candidate", f"ms ({sel['shape']}, {sel['threads']}t, {sel['rounds']} rounds)", "engine fp32 ms",
-                        "agreement with fake-quant", "mean logit difference", "int8 kernels", "eligible"],
-                       [[r["name"], f"failed: {r['error']}", "", "", "", "", "no"] if r.get("status") == "failed" else
-                        [r["name"], f"{r['median_ms']:.2f}", f"{r['engine_fp32_ms']:.2f}",
-                         f"{r['agreement_with_fakequant']:.4f}", f"{r['mean_logit_error']:.4f}", r["int8_kernels"],
-                         "yes" if r["eligible"] else "no"] for r in sel["candidates"]])
+                        "agreement with fake-quant (sentences; 99% Wilson interval)", "mean logit difference",
+                        "int8 kernels", "eligible"], [_candidate_row(r) for r in sel["candidates"]])
         lines.append("")
     metric_names = sorted({k for v in rep["variants"] for k in v.get("metrics", {})})
     if metric_names:
@@ -140,12 +138,70 @@ def markdown(rep: dict) -> str:
                          ", ".join(f"{k}: {n}" for k, n in sorted(v.get("kernel_details", {}).items()))]
                         for v in with_kernels])
         lines.append("")
+    lines += _stage_lines(rep)
     failed = [v for v in rep["variants"] if v.get("status") == "failed"]
     if failed:
         lines += ["## Failed (not evaluated or timed)", ""]
         lines += table(["variant", "reason"], [[_label(v), v["error"]] for v in failed])
         lines.append("")
     return "\n".join(lines)
+
+
+def _candidate_row(r: dict) -> list:
+    if r.get("status") == "failed":
+        return [r["name"], f"failed: {r['error']}", "", "", "", "", "no"]
+    if "agreement_with_fakequant" in r:
+        low, high = r["agreement_bounds"]
+        agreement = f"{r['agreement_with_fakequant']:.4f} ({r['agreement_sentences']}; {low:.4f}-{high:.4f})"
+        error = f"{r['mean_logit_error']:.4f}"
+    else:
+        agreement, error = r["not_checked"], ""
+    return [r["name"], f"{r['median_ms']:.2f}", f"{r['engine_fp32_ms']:.2f}", agreement, error, r["int8_kernels"],
+            "yes" if r["eligible"] else "no"]
+
+
+def stage_groups(stages: dict) -> dict[str, float]:
+    """Seconds per stage group (a stage's name before ':'), in the order the groups first ran."""
+    out: dict[str, float] = {}
+    for row in stages["seconds"]:
+        group = row["stage"].split(":", 1)[0]
+        out[group] = out.get(group, 0.0) + row["seconds"]
+    return out
+
+
+def _engine_time(stages: dict) -> str:
+    """Our time to the int8 engine beside NNCF's quantize + compile ('' when the run has neither)."""
+    if "to_int8_engine_s" not in stages:
+        return ""
+    ours = stages["to_int8_engine_s"]
+    text = f"loaded model -> selected int8 engine {ours:.1f} s"
+    nncf = stages.get("nncf_quantize_compile_s")
+    return text + (f" (NNCF quantize + compile {nncf:.1f} s; ours / NNCF's {ours / nncf:.2f}x)" if nncf else "")
+
+
+def stage_line(stages: dict) -> str:
+    """The one-line summary bert_ptq.py prints last: seconds per stage group, total, ours beside NNCF's."""
+    groups = ", ".join(f"{g} {s:.1f}" for g, s in stage_groups(stages).items())
+    extra = _engine_time(stages)
+    return f"stages (s): {groups}; total {stages['total_s']:.1f}" + (f"; {extra}" if extra else "")
+
+
+def _stage_lines(rep: dict) -> list[str]:
+    stages = rep.get("stages")
+    if not stages:
+        return []
+    total = stages["total_s"] or 1.0
+    lines = ["## Where the time went (wall seconds per stage, this run)", ""]
+    lines += table(["stage", "seconds", "share"],
+                   [*([r["stage"], f"{r['seconds']:.1f}", f"{r['seconds'] / total:.0%}"] for r in stages["seconds"]),
+                    ["**total**", f"**{stages['total_s']:.1f}**", ""]])
+    lines.append("")
+    extra = _engine_time(stages)
+    if extra:
+        lines += [extra[0].upper() + extra[1:] + ": ours counts capture, calibration, export, the engines' compiles "
+                  "and the auto check; NNCF's counts reading our fp32 ONNX, nncf.quantize, writing its IR and its "
+                  "compile.", ""]
+    return lines
 
 
 def _profile_lines(rep: dict) -> list[str]:
