@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .data import RT_LABELS, TaskData, batches, encode
 from .errors import UserError, reason
+from .sysinfo import usable_cores
 
 DEFAULT_MODEL = "default"
 CACHE_ENV = "PTQKIT_CACHE"
@@ -245,9 +246,10 @@ def train_steps(forward: Callable[[dict], torch.Tensor], features: list[dict], l
 
 @contextmanager
 def all_cores() -> Iterator[None]:
-    """Training uses every core; OMP_NUM_THREADS=1 is there for the latency figures. Restores the setting."""
+    """Untimed work (training, calibration) uses every usable core; OMP_NUM_THREADS=1 is there for the latency
+    figures. Restores the setting."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or threads)
+    torch.set_num_threads(usable_cores())
     try:
         yield
     finally:

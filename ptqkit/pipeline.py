@@ -21,13 +21,13 @@ from .errors import UserError, one_line
 from .evaluation import argmax_agreement, evaluate, predict_logits
 from .layer_error import format_table, layer_errors
 from .export import export_onnx, export_torchscript
-from .models import load_model
+from .models import all_cores, load_model
 from .peers import Peer
 from .profile import OpTimes, format_profile, profile_cell
 from .qmodel import LogitsOnly
 from .qat import QATConfig, train_qat
 from .smoothquant import collect_input_absmax, smooth, smooth_runtime
-from .sysinfo import SATURATING_ISAS, host_int8_isa
+from .sysinfo import SATURATING_ISAS, host_int8_isa, usable_cores
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, Selection, select_engine
 from .stages import Stages
@@ -149,10 +149,12 @@ def run(cfg: RunConfig) -> dict:
         check_backend_name(cfg.backend)
         ld = load(cfg)
         out_dir = artifacts.ensure_output_dir(cfg.output_dir)
-    threads = cfg.bench.threads[0]
+    threads = cfg.bench.threads[0]  # what the latency figures are taken at
+    work_threads = usable_cores()  # untimed work (calibration, the auto check's reference, evaluation): every core
     with stages.time("calibrate: data"):
         calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
-    q, steps = calibrate(ld, cfg, calib, stages)
+    with all_cores():
+        q, steps = calibrate(ld, cfg, calib, stages)
     with stages.time("export: state and runtime files"):
         q.save(artifacts.Layout(out_dir).quant_state)
         converted = q.convert(ld.model)
@@ -166,10 +168,11 @@ def run(cfg: RunConfig) -> dict:
     selection = None
     to_int8_engine = None
     if auto:
-        selection = choose_engine(q, ld, cfg, calib, forms, threads, stages)
+        selection = choose_engine(q, ld, cfg, calib, forms, threads, work_threads, stages)
         to_int8_engine = stages.total() - stages.seconds["load"]
         engine, ours = selection.engine, (selection.precision,)
-        built.update(selection.runners)
+        if work_threads == threads:  # the selection's runners run at the timing's thread count
+            built.update(selection.runners)
     else:
         engine = get_backend(cfg.backend)
         ours = engine.int8_variants
@@ -186,7 +189,7 @@ def run(cfg: RunConfig) -> dict:
         variants += build_peers(ld, paths["fp32_onnx"], calib, out_dir, stages)
     built = {v.name: built[v.name] for v in variants if v.name in built}
 
-    evaluate_variants(variants, ld, cfg, built, threads, out_dir, stages)
+    evaluate_variants(variants, ld, cfg, built, work_threads, out_dir, stages)
     # Timing compiles every variant afresh and alike: a runner that had evaluated sentences of many shapes (or run
     # the selection) was seen to time slower at 1x512 than a fresh copy of the same model (docs/performance.md)
     built.clear()
@@ -205,7 +208,7 @@ def run(cfg: RunConfig) -> dict:
         with stages.time("timing: int8 GEMM peak"):
             rep["limits"] = [measure_limit(engine, paths["int8_onnx"], rep["variants"], ld.model.config,
                                            cfg.bench.threads)]
-    rep["stages"] = stage_record(stages, to_int8_engine)
+    rep["stages"] = {**stage_record(stages, to_int8_engine), "work_threads": work_threads}
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
                            "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
@@ -286,9 +289,10 @@ def record_kernels(record: dict, evidence: KernelEvidence, allow_no_int8: bool) 
 
 
 def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], forms: ModelForms,
-                  threads: int, stages: Stages) -> Selection:
+                  threads: int, work_threads: int, stages: Stages) -> Selection:
     """--backend auto, checked on held-out train sentences (the calibration sentences when too few are left):
-    validation is never used for choices.
+    validation is never used for choices. Candidates are timed at `threads`; the fake-quant reference, untimed,
+    runs on `work_threads`.
 
     The fake-quant reference stays the eager graph, scored only on the sentences the stopping rule asks for
     (selection.py). ONNX Runtime running the QDQ ONNX with graph optimizations off (QuantizeLinear/DequantizeLinear
@@ -304,7 +308,7 @@ def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], f
         if n < MIN_POOL:
             pool, kind = split_train(ld.task, POOL_SIZE, 0)[0], "calibration sentences"
         features = encode(ld.tokenizer, pool, cfg.max_seq_len)
-    reference = TorchRunner(q.quantize(), ld.input_names, threads)
+    reference = TorchRunner(q.quantize(), ld.input_names, work_threads)
     sel = select_engine(forms, reference, FAKEQUANT, features, f"{len(features)} {kind}", cfg.batch_size,
                         ld.pad_id, ld.input_names, ld.model.config.vocab_size, cfg.bench.shapes[0], threads, stages)
     print(f"--backend auto: {sel.record['chosen']} ({sel.record['reason']})")

@@ -196,6 +196,9 @@ def _stage_lines(rep: dict) -> list[str]:
                    [*([r["stage"], f"{r['seconds']:.1f}", f"{r['seconds'] / total:.0%}"] for r in stages["seconds"]),
                     ["**total**", f"**{stages['total_s']:.1f}**", ""]])
     lines.append("")
+    if "work_threads" in stages:
+        lines += [f"Untimed work (calibration, the auto check's fake-quant reference, evaluation) ran on "
+                  f"{stages['work_threads']} thread(s); latency is timed at the thread counts of its table.", ""]
     extra = _engine_time(stages)
     if extra:
         lines += [extra[0].upper() + extra[1:] + ": ours counts capture, calibration, export, the engines' compiles "
