@@ -171,8 +171,8 @@ def run(cfg: RunConfig) -> dict:
         selection = choose_engine(q, ld, cfg, calib, forms, threads, work_threads, stages)
         to_int8_engine = stages.total() - stages.seconds["load"]
         engine, ours = selection.engine, (selection.precision,)
-        if work_threads == threads:  # the selection's runners run at the timing's thread count
-            built.update(selection.runners)
+        # evaluation runs on the work threads: the selection's runners where they ran at that thread count
+        built.update(selection.runners if work_threads == threads else selection.work_runners)
     else:
         engine = get_backend(cfg.backend)
         ours = engine.int8_variants
@@ -195,6 +195,7 @@ def run(cfg: RunConfig) -> dict:
     built.clear()
     if selection is not None:
         selection.runners.clear()
+        selection.work_runners.clear()
 
     timed = [v for v in variants if v.build is not None and v.measured]
     with stages.time("timing"):
@@ -310,7 +311,8 @@ def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], f
         features = encode(ld.tokenizer, pool, cfg.max_seq_len)
     reference = TorchRunner(q.quantize(), ld.input_names, work_threads)
     sel = select_engine(forms, reference, FAKEQUANT, features, f"{len(features)} {kind}", cfg.batch_size,
-                        ld.pad_id, ld.input_names, ld.model.config.vocab_size, cfg.bench.shapes[0], threads, stages)
+                        ld.pad_id, ld.input_names, ld.model.config.vocab_size, cfg.bench.shapes[0], threads, stages,
+                        work_threads)
     print(f"--backend auto: {sel.record['chosen']} ({sel.record['reason']})")
     return sel
 

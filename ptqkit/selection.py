@@ -25,8 +25,8 @@ is a seeded shuffle of the train split), which is what the bound assumes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -53,8 +53,9 @@ class Selection:
 
     engine: Engine
     precision: str
-    runners: dict[str, object]  # variant name -> runner, fp32 included
+    runners: dict[str, object]  # variant name -> runner at the timing's threads, fp32 included
     record: dict
+    work_runners: dict[str, object] = field(default_factory=dict)  # the checked candidates at the work threads
 
 
 def wilson_bounds(agree: int, n: int, z: float = CONFIDENCE_Z) -> tuple[float, float]:
@@ -129,10 +130,20 @@ def describe(candidate: dict) -> str:
 
 def select_engine(forms: ModelForms, reference: Runner, reference_name: str, features: Sequence[dict],
                   agreement_data: str, batch_size: int, pad_id: int, input_names: tuple[str, ...], vocab_size: int,
-                  shape: Shape, threads: int, stages: Stages) -> Selection:
-    """Compile fp32 and every int8 variant on each installed engine, time them interleaved, then check agreement
-    with `reference` (the fake-quant model on `reference_name`) fastest first, and choose."""
+                  shape: Shape, threads: int, stages: Stages, work_threads: int | None = None) -> Selection:
+    """Compile fp32 and every int8 variant on each installed engine, time them interleaved at `threads`, then check
+    agreement with `reference` (the fake-quant model on `reference_name`) fastest first, and choose. The check, not
+    timed, runs a copy compiled on `work_threads` where that differs (Selection.work_runners)."""
     runners: dict[str, object] = {}
+    work_runners: dict[str, object] = {}
+
+    def checked_runner(row: dict) -> Runner:
+        if not work_threads or work_threads == threads:
+            return runners[row["name"]]
+        engine = get_backend(row["engine"])
+        work_runners[row["name"]] = engine.compile(forms.get(engine.takes, "int8"), work_threads, row["precision"])
+        return work_runners[row["name"]]
+
     rows: list[dict] = []
     failed: list[dict] = []
     probe = next(iter(features[:1]), None)
@@ -165,8 +176,8 @@ def select_engine(forms: ModelForms, reference: Runner, reference_name: str, fea
         row["median_ms"] = round(medians[row["name"]], 3)
         row["engine_fp32_ms"] = round(medians[f"{row['engine']}-fp32"], 3)
     with stages.time("auto check: agreement"):
-        rows, failed = _check_fastest_first(rows, failed, runners, PoolLogits(reference, features, batch_size, pad_id,
-                                                                             "fake-quant reference"))
+        rows, failed = _check_fastest_first(rows, failed, runners, checked_runner,
+                                            PoolLogits(reference, features, batch_size, pad_id, "fake-quant reference"))
     _require_candidates(rows, failed)
     eligible = [r for r in rows if r["eligible"]]
     if eligible:
@@ -183,7 +194,8 @@ def select_engine(forms: ModelForms, reference: Runner, reference_name: str, fea
                                  f"{CONFIDENCE_Z}) lies wholly above or below {MIN_AGREEMENT}, else the point estimate "
                                  f"on the whole pool; fastest candidate first, slower ones unchecked once one is eligible"),
               "shape": str(shape), "threads": threads, "rounds": TIMING.rounds, "candidates": rows + failed}
-    return Selection(get_backend(best["engine"]), best["precision"], runners, record)
+    return Selection(get_backend(best["engine"]), best["precision"], runners, record,
+                     {n: r for n, r in work_runners.items() if n in runners})
 
 
 def _require_candidates(rows: list[dict], failed: list[dict]) -> None:
@@ -192,17 +204,17 @@ def _require_candidates(rows: list[dict], failed: list[dict]) -> None:
                            + "; ".join(f"{r['name']}: {r['error']}" for r in failed))
 
 
-def _check_fastest_first(rows: list[dict], failed: list[dict], runners: dict, reference: PoolLogits
-                         ) -> tuple[list[dict], list[dict]]:
-    """Set each timed row's `eligible`, checking agreement only where it can still decide the choice; when no row
-    is eligible every row is checked (the most faithful one is kept). A runner that fails on the pool moves to
-    `failed`."""
+def _check_fastest_first(rows: list[dict], failed: list[dict], runners: dict, checked_runner: Callable[[dict], Runner],
+                         reference: PoolLogits) -> tuple[list[dict], list[dict]]:
+    """Set each timed row's `eligible`, checking agreement (on `checked_runner(row)`) only where it can still decide
+    the choice; when no row is eligible every row is checked (the most faithful one is kept). A runner that fails
+    on the pool moves to `failed`."""
     def fast(row: dict) -> bool:
         return row["int8_kernels"] > 0 and row["median_ms"] < row["engine_fp32_ms"]
 
     def check(row: dict) -> bool:
         try:
-            row.update(check_agreement(runners[row["name"]], reference, f"checking {row['name']}"))
+            row.update(check_agreement(checked_runner(row), reference, f"checking {row['name']}"))
         except Exception as e:  # noqa: BLE001 - a candidate that fails on real sentences is a candidate less
             failed.append({k: row[k] for k in ("name", "engine", "precision")} | {"status": "failed", "error": one_line(e)})
             runners.pop(row["name"])

@@ -126,7 +126,7 @@ class SetEngine:
         return SetRunner(self.clock, f"{self.name}-{precision}", ms, flips, kernels)
 
 
-def _select(engines: list[SetEngine], clock, monkeypatch) -> selection.Selection:
+def _select(engines: list[SetEngine], clock, monkeypatch, work_threads: int | None = None) -> selection.Selection:
     by_name = {e.name: e for e in engines}
     monkeypatch.setattr(selection, "installed_engines", lambda: list(by_name))
     monkeypatch.setattr(selection, "get_backend", by_name.__getitem__)
@@ -134,7 +134,7 @@ def _select(engines: list[SetEngine], clock, monkeypatch) -> selection.Selection
     reference = SetRunner(clock, "fake-quant reference", 20.0, 0, 0)  # FAKEQUANT's logits on every sentence
     return selection.select_engine(ModelForms(onnx={"fp32": "fp32.onnx", "int8": "int8.onnx"}), reference,
                                    "pytorch-fakequant", features, "held-out train sentences", POOL, 0,
-                                   ("input_ids", "attention_mask"), 100, Shape(1, 8), 1, Stages())
+                                   ("input_ids", "attention_mask"), 100, Shape(1, 8), 1, Stages(), work_threads)
 
 
 def test_selection_keeps_the_fastest_eligible_candidate(fake_clock, monkeypatch) -> None:
@@ -163,6 +163,18 @@ def test_selection_keeps_the_fastest_eligible_candidate(fake_clock, monkeypatch)
     assert sel.record["reason"].startswith("fastest of the candidates")
     assert set(sel.runners) == {"alpha-fp32", "alpha-int8", "beta-fp32", "beta-int8", "beta-int8-bf16", "gamma-fp32",
                                 "gamma-int8", "delta-fp32", "delta-int8"}
+
+
+def test_selection_checks_on_a_copy_compiled_for_the_work_threads(fake_clock, monkeypatch) -> None:
+    """Timing runs at one thread; the untimed check on a copy compiled for the work threads, one per checked
+    candidate (what evaluation then reuses)."""
+    engines = [SetEngine(fake_clock, "alpha", 10.0, {"int8": (4.0, 1, 14)}),
+               SetEngine(fake_clock, "beta", 10.0, {"int8": (3.0, 2, 14), "int8-bf16": (5.0, 0, 14)})]
+    sel = _select(engines, fake_clock, monkeypatch, work_threads=2)
+    assert sel.record["chosen"] == "alpha-int8"
+    assert set(sel.work_runners) == {"alpha-int8", "beta-int8"}  # beta-int8-bf16 was never checked
+    assert all(sel.work_runners[n] is not sel.runners[n] for n in sel.work_runners)
+    assert _select(engines, fake_clock, monkeypatch, work_threads=1).work_runners == {}
 
 
 def test_selection_without_an_eligible_candidate_keeps_the_most_faithful(fake_clock, monkeypatch) -> None:

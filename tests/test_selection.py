@@ -80,7 +80,7 @@ def test_fastest_eligible_candidate_is_checked_first_and_slower_ones_not_at_all(
     runners = {"a-int8": Classifier(flip=5), "b-int8": Classifier(), "c-int8": Classifier(), "d-int8": Classifier()}
     # d: fastest but no int8 kernels; a: next, unfaithful; b: eligible; c: slower than b
     rows, failed = _check_fastest_first(_rows(("a-int8", 2.0, 14), ("b-int8", 3.0, 14), ("c-int8", 4.0, 14),
-                                              ("d-int8", 1.0, 0)), [], runners, pool)
+                                              ("d-int8", 1.0, 0)), [], runners, lambda r: runners[r["name"]], pool)
     by = {r["name"]: r for r in rows}
     assert not failed
     assert by["a-int8"]["eligible"] is False and by["a-int8"]["agreement_ok"] is False
@@ -93,7 +93,7 @@ def test_fastest_eligible_candidate_is_checked_first_and_slower_ones_not_at_all(
 def test_without_an_eligible_candidate_every_one_is_checked() -> None:
     pool = PoolLogits(Classifier(), _features(POOL), 32, 0, "ref")
     runners = {"a-int8": Classifier(flip=5), "b-int8": Classifier(flip=20)}
-    rows, _ = _check_fastest_first(_rows(("a-int8", 2.0, 14), ("b-int8", 30.0, 14)), [], runners, pool)
+    rows, _ = _check_fastest_first(_rows(("a-int8", 2.0, 14), ("b-int8", 30.0, 14)), [], runners, lambda r: runners[r["name"]], pool)
     by = {r["name"]: r for r in rows}
     assert not any(r["eligible"] for r in rows)
     assert by["b-int8"]["agreement_with_fakequant"] > by["a-int8"]["agreement_with_fakequant"]  # both measured
@@ -106,7 +106,7 @@ def test_a_candidate_failing_on_the_pool_is_reported_failed() -> None:
 
     pool = PoolLogits(Classifier(), _features(POOL), 32, 0, "ref")
     runners = {"a-int8": broken, "b-int8": Classifier()}
-    rows, failed = _check_fastest_first(_rows(("a-int8", 2.0, 14), ("b-int8", 3.0, 14)), [], runners, pool)
+    rows, failed = _check_fastest_first(_rows(("a-int8", 2.0, 14), ("b-int8", 3.0, 14)), [], runners, lambda r: runners[r["name"]], pool)
     assert [r["name"] for r in rows] == ["b-int8"] and rows[0]["eligible"]
     assert failed == [{"name": "a-int8", "engine": "a", "precision": "int8", "status": "failed",
                        "error": "RuntimeError: kernel crashed"}]
