@@ -149,6 +149,7 @@ def run(cfg: RunConfig) -> dict:
         check_backend_name(cfg.backend)
         ld = load(cfg)
         out_dir = artifacts.ensure_output_dir(cfg.output_dir)
+    layout = artifacts.Layout(out_dir)
     threads = cfg.bench.threads[0]  # what the latency figures are taken at
     work_threads = usable_cores()  # untimed work (calibration, the auto check's reference, evaluation): every core
     with stages.time("calibrate: data"):
@@ -156,7 +157,7 @@ def run(cfg: RunConfig) -> dict:
     with all_cores():
         q, steps = calibrate(ld, cfg, calib, stages)
     with stages.time("export: state and runtime files"):
-        q.save(artifacts.Layout(out_dir).quant_state)
+        q.save(layout.quant_state)
         converted = q.convert(ld.model)
     paths = export_artifacts(ld.model, converted, ld.input_names, out_dir, stages)
     with stages.time("export: state and runtime files"):
@@ -209,7 +210,7 @@ def run(cfg: RunConfig) -> dict:
         with stages.time("timing: int8 GEMM peak"):
             rep["limits"] = [measure_limit(engine, paths["int8_onnx"], rep["variants"], ld.model.config,
                                            cfg.bench.threads)]
-    rep["stages"] = {**stage_record(stages, to_int8_engine), "work_threads": work_threads}
+    rep["stages"] = stage_record(stages, to_int8_engine, work_threads)
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
                            "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
@@ -217,7 +218,7 @@ def run(cfg: RunConfig) -> dict:
         rep["backend_selection"] = selection.record
     if ld.task.empty_texts:
         rep["empty_texts"] = ld.task.empty_texts
-    rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(artifacts.Layout(out_dir).quant_state)}
+    rep["artifacts"] = {k: str(v) for k, v in paths.items()} | {"quant_state": str(layout.quant_state)}
     if cfg.device == "aarch64" and platform.machine() not in ("aarch64", "arm64"):
         rep["note"] = "aarch64 contract built and run on an x86 host as a functional check: these timings are not ARM timings"
     written = report.write(rep, out_dir)
@@ -228,11 +229,12 @@ def run(cfg: RunConfig) -> dict:
     return rep
 
 
-def stage_record(stages: Stages, to_int8_engine: float | None) -> dict:
-    """report.json "stages": seconds per stage, their total, and two figures to compare: ours from the loaded model
-    to the selected int8 engine (--backend auto: calibration, export, the engines' compiles and the auto check)
-    and NNCF's quantize (reading our fp32 ONNX, nncf.quantize, writing its IR) plus compile, from the same run."""
-    out: dict = {"seconds": stages.to_list(), "total_s": round(stages.total(), 2)}
+def stage_record(stages: Stages, to_int8_engine: float | None, work_threads: int) -> dict:
+    """report.json "stages": seconds per stage, their total, the threads untimed work ran on, and two figures to
+    compare: ours from the loaded model to the selected int8 engine (--backend auto: calibration, export, the
+    engines' compiles and the auto check) and NNCF's quantize (reading our fp32 ONNX, nncf.quantize, writing its IR)
+    plus compile, from the same run."""
+    out: dict = {"seconds": stages.to_list(), "total_s": round(stages.total(), 2), "work_threads": work_threads}
     if to_int8_engine is not None:
         out["to_int8_engine_s"] = round(to_int8_engine, 2)
     nncf = [f"peers: {peers.NNCF}", f"compile: {peers.NNCF}"]
@@ -315,8 +317,6 @@ def choose_engine(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], f
                         work_threads)
     print(f"--backend auto: {sel.record['chosen']} ({sel.record['reason']})")
     return sel
-
-
 
 
 def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], holdout_size: int = 1000) -> float:
@@ -565,19 +565,20 @@ def calib_step(cfg: RunConfig) -> Path:
     out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     data = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     q, _ = calibrate(ld, cfg, data)
-    state_dir = artifacts.Layout(out_dir).quant_state
+    layout = artifacts.Layout(out_dir)
+    state_dir = layout.quant_state
     q.save(state_dir)
     if cfg.layer_report:
         errors = layer_errors(ld.model, q, data[:LAYER_REPORT_BATCHES])
         print(format_table(errors))
-        artifacts.write_json(artifacts.Layout(out_dir).layer_report, {"batches": min(len(data), LAYER_REPORT_BATCHES),
-                                                             "layers": [e.to_dict() for e in errors]})
+        artifacts.write_json(layout.layer_report, {"batches": min(len(data), LAYER_REPORT_BATCHES),
+                                                   "layers": [e.to_dict() for e in errors]})
     summary = {
         "model": ld.model_name, "task": ld.task.name, "device": cfg.device, "calib_batches": cfg.calib_batches,
         "config": q.config.to_dict(),
         "points": {p.name: {role: _qparams_summary(*q.qparams(p.name, role)) for role in p.roles} for p in q.points},
     }
-    artifacts.write_json(artifacts.Layout(out_dir).calib_summary, summary)
+    artifacts.write_json(layout.calib_summary, summary)
     print(f"calibrated {len(q.points)} quantization points on {cfg.calib_batches} train batches; state: {state_dir}")
     return state_dir
 
@@ -618,7 +619,8 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
         if engine.takes != ONNX:
             raise UserError(f"bench.py times exported files; {engine.name} compiles the model itself: "
                             f"use bert_ptq.py --backend {engine.name}")
-    paths = {"fp32": artifacts.Layout(out_dir).fp32_onnx, "int8": artifacts.Layout(out_dir).int8_onnx}
+    layout = artifacts.Layout(out_dir)
+    paths = {"fp32": layout.fp32_onnx, "int8": layout.int8_onnx}
     for path in paths.values():
         if not path.is_file():
             raise UserError(f"{path} not found: run export.py (or bert_ptq.py) with --output-dir {out_dir} first")
@@ -639,6 +641,6 @@ def bench_step(cfg: RunConfig, backends: list[str]) -> dict:
     if cfg.bench.profile_calls:
         rep["limits"] = [measure_limit(e, paths["int8"], rep["variants"], ld.model.config, cfg.bench.threads)
                          for e in engines if e.profiled]
-    artifacts.write_json(artifacts.Layout(out_dir).bench_json, rep)
+    artifacts.write_json(layout.bench_json, rep)
     print(report.summary(rep))
     return rep
