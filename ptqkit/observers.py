@@ -89,6 +89,7 @@ class Observer(nn.Module):
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
         self.register_buffer("qparams_valid", torch.tensor(False))
         self.register_buffer("channel_mul", torch.empty(0))
+        self.channel_range: tuple[Tensor, Tensor] | None = None  # see track_channels (not saved: calibration only)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -141,6 +142,11 @@ class Observer(nn.Module):
                 raise ValueError(f"observer {self.name!r}: {lo.numel()} channels, previously {self.min_val.numel()}")
             lo, hi = torch.minimum(lo, self.min_val), torch.maximum(hi, self.max_val)
         self.min_val, self.max_val = lo, hi
+        if self.channel_range is not None:
+            c_lo, c_hi = torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)
+            if self.channel_range[0].numel():
+                c_lo, c_hi = torch.minimum(c_lo, self.channel_range[0]), torch.maximum(c_hi, self.channel_range[1])
+            self.channel_range = (c_lo, c_hi)
         if self.hist.numel():
             self._update_hist(x)
         self.has_stats.fill_(True)
@@ -172,6 +178,27 @@ class Observer(nn.Module):
             self.hist[0] += v.numel()
         self.hist_min.fill_(lo)
         self.hist_max.fill_(hi)
+
+    def track_channels(self) -> None:
+        """Also keep min/max per channel of the last axis from now on: runtime smoothing's statistics, gathered in
+        the calibration pass itself so that `set_channel_mul` can then give the range its multiply would have seen."""
+        if self.hist.numel() or self.spec.ch_axis is not None:
+            raise ValueError(f"observer {self.name!r}: channel tracking needs a per-tensor minmax spec")
+        self.channel_range = (torch.empty(0), torch.empty(0))
+
+    def set_channel_mul(self, mul: Tensor) -> None:
+        """Multiply inputs by `mul` (> 0) along the last axis from now on. Statistics already gathered must be
+        tracked per channel: the range becomes min/max over channels of their min/max times `mul`, exactly the
+        running min/max of the multiplied inputs (a positive multiply keeps order, also after float rounding)."""
+        if bool(self.has_stats):
+            if self.channel_range is None or not self.channel_range[0].numel():
+                raise RuntimeError(f"observer {self.name!r}: observed without per-channel tracking; set the "
+                                   "multiply before calibration")
+            self.min_val = (self.channel_range[0] * mul).amin()
+            self.max_val = (self.channel_range[1] * mul).amax()
+            self.qparams_valid.fill_(False)
+        self.channel_mul = mul
+        self.channel_range = None
 
     # --- qparams -----------------------------------------------------------------------------------------
     def compute_qparams(self) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ from .backends.base import ONNX, Engine, KernelEvidence, ModelForms, Runner
 from .backends.pytorch import TorchRunner, eager_profiler
 from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
+from .calibration import METHODS
 from .config import INT8_ATTENTION, QuantConfig, RunConfig
 from .data import TaskData, calibration_batches, encode, load_task, split_train
 from .errors import UserError, one_line
@@ -26,7 +27,7 @@ from .peers import Peer
 from .profile import OpTimes, format_profile, profile_cell
 from .qmodel import LogitsOnly
 from .qat import QATConfig, train_qat
-from .smoothquant import collect_input_absmax, smooth, smooth_runtime
+from .smoothquant import collect_input_absmax, linear_input_absmax, smooth, smooth_runtime, track_linear_inputs
 from .sysinfo import SATURATING_ISAS, host_int8_isa, usable_cores
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, Selection, select_engine
@@ -404,12 +405,18 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict], stages: Stages | Non
             q = Quantizer(device=cfg.device, config=replace(config, attention_matmuls=False))
             calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
     steps["capture"] = q.captured_how
-    if config.smooth_alpha is not None:  # the contract's runtime smoothing: statistics first, then the ranges
+    one_pass = (config.smooth_alpha is not None and config.activation.ch_axis is None
+                and not METHODS[config.activation.method].histogram)
+    if config.smooth_alpha is not None and not one_pass:  # histogram ranges: smoothing statistics first
         with stages.time("calibrate: runtime smoothing statistics"):
             absmax = collect_input_absmax(ld.model, data)
             steps["runtime_smoothed"] = len(smooth_runtime(q, absmax, config.smooth_alpha))
     with stages.time("calibrate: observers"):
+        if one_pass:  # the contract's runtime smoothing, its statistics gathered in the same pass as the ranges
+            track_linear_inputs(q, ld.model)
         run_calibration(calib_model, data, total=len(data))
+        if one_pass:
+            steps["runtime_smoothed"] = len(smooth_runtime(q, linear_input_absmax(q), config.smooth_alpha))
         q.quantize()
     if cfg.max_accuracy_drop is not None:
         with stages.time("fallback"):

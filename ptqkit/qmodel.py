@@ -4,7 +4,10 @@ from these modules); layer_error.py compares it with the float model.
 
 `fake_quantize` is the only place where values are rounded and clamped onto an integer grid: observers
 (calibration, fallback scoring), LSQ scales (QAT) and QuantLinear all call it. It uses torch's fake-quant ops,
-which the TorchScript ONNX exporter emits as QuantizeLinear/DequantizeLinear. `channel_multiply` is runtime
+which the TorchScript ONNX exporter emits as QuantizeLinear/DequantizeLinear; in plain eager inference (no grad,
+no tracing) it computes the same values with four in-place tensor ops instead, because torch's fake-quant kernel
+also writes a gradient mask and cost as much as the GEMM it feeds (the fake-quant reference of the auto check and
+evaluation, issue #31). `channel_multiply` is runtime
 SmoothQuant's per-channel multiply in front of an activation quantizer (smoothquant.smooth_runtime), applied by
 the same three and exported as one ONNX Mul. `QuantAttention` holds the qparams of the attention matmul operands
 (QuantConfig.attention_matmuls); `int8_attention`, registered with transformers as the attention function
@@ -30,9 +33,24 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None
                                                                     qmin, qmax, grad_factor)
         return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point.float(), axis % x.dim(), qmin,
                                                                  qmax, grad_factor)
+    if _eager_inference(x):
+        if axis is not None:
+            shape = [1] * x.dim()
+            shape[axis % x.dim()] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        # torch's kernel: (clamp(nearbyint(x * (1 / scale)) + zp, qmin, qmax) - zp) * scale, all in float32; with
+        # an integer zp the clamp can move inside the subtraction, which is exact (tests compare bit for bit).
+        zp = zero_point.float()
+        return (x * (1.0 / scale)).round_().clamp_(qmin - zp, qmax - zp).mul_(scale)
     if axis is None:
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
+
+
+def _eager_inference(x: Tensor) -> bool:
+    """Plain eager values with no gradient: no exporter, tracer or compiler that must see torch's fake-quant op."""
+    return (type(x) is Tensor and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
 
 
 def channel_multiply(x: Tensor, mul: Tensor | None) -> Tensor:

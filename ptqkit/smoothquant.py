@@ -204,10 +204,33 @@ def smooth(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: float) 
     return smoothed
 
 
+def track_linear_inputs(q: Quantizer, model: nn.Module) -> None:
+    """Gather runtime smoothing's statistics in the calibration pass itself: the input observer of every nn.Linear
+    of `model` also keeps per-channel min/max (Observer.track_channels). After the pass, `smooth_runtime(q,
+    linear_input_absmax(q), alpha)` sets the ranges the smoothed inputs would have had: one pass over the
+    calibration data instead of two (per-tensor minmax activation specs only; histograms need the second pass)."""
+    linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    obs = q.observers()
+    for p in q.points:
+        if p.kind == "linear" and p.name in linears:
+            obs[observer_key(p.name, "input")].track_channels()
+
+
+def linear_input_absmax(q: Quantizer) -> dict[str, torch.Tensor]:
+    """Per-channel max |x| of each tracked linear input (track_linear_inputs), keyed by point name."""
+    obs = q.observers()
+    out = {}
+    for p in q.points:
+        tracked = obs[observer_key(p.name, "input")].channel_range if p.kind == "linear" else None
+        if tracked is not None and tracked[0].numel():
+            out[p.name] = torch.maximum(tracked[0].abs(), tracked[1].abs())
+    return out
+
+
 @torch.no_grad()
 def smooth_runtime(q: Quantizer, act_absmax: dict[str, torch.Tensor], alpha: float) -> list[str]:
-    """Runtime SmoothQuant on the quantizer's observing graph, before any calibration batch; returns the smoothed
-    linears.
+    """Runtime SmoothQuant on the quantizer's observing graph, before any calibration batch or right after one
+    that tracked the linear inputs per channel (track_linear_inputs); returns the smoothed linears.
 
     For each group of linears reading the same tensor (one per call where a module is shared across depth): s from
     `smoothing_scale` (their weights, their inputs' max |x| over every call from `collect_input_absmax` on the
@@ -218,15 +241,16 @@ def smooth_runtime(q: Quantizer, act_absmax: dict[str, torch.Tensor], alpha: flo
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     obs = q.observers()
-    if q.state != OBSERVING or any(bool(o.has_stats) for k, o in obs.items() if k.endswith("__input")):
-        raise RuntimeError("smooth_runtime must run after Quantizer.calib and before calibration (the activation "
-                           "ranges would be stale)")
     nodes = {n.name: n for n in q.graph.graph.nodes}
     groups: dict[tuple[fx.Node, ...], list] = {}  # the inputs of every call -> the linears reading them
     for p in q.points:
         if p.kind == "linear" and p.name in act_absmax:
             sources = tuple(nodes[n].args[0].args[0] for n in p.nodes)  # linear <- input observer <- source
             groups.setdefault(sources, []).append(p)
+    inputs = [obs[observer_key(p.name, "input")] for points in groups.values() for p in points]
+    if q.state != OBSERVING or any(bool(o.has_stats) and o.channel_range is None for o in inputs):
+        raise RuntimeError("smooth_runtime must run after Quantizer.calib and before calibration, or after a "
+                           "calibration that tracked the linear inputs (the activation ranges would be stale)")
     smoothed: list[str] = []
     for points in groups.values():
         weights = [_get_attr(q.graph, nodes[p.nodes[0]].args[1].args[0]) for p in points]  # linear <- weight observer <- param
@@ -237,10 +261,12 @@ def smooth_runtime(q: Quantizer, act_absmax: dict[str, torch.Tensor], alpha: flo
         s = s.clamp(min=float(torch.quantile(s, RUNTIME_S_QUANTILE)), max=RUNTIME_S_MAX)
         for p, w in zip(points, weights):
             w.mul_(s.to(w).unsqueeze(0))
-            obs[observer_key(p.name, "input")].channel_mul = (1.0 / s).float()
+            obs[observer_key(p.name, "input")].set_channel_mul((1.0 / s).float())
             w_obs = obs[observer_key(p.name, "weight")]
             w_obs.has_stats.fill_(False)
             w_obs.observe(w)
             smoothed.append(p.name)
+    for o in obs.values():
+        o.channel_range = None  # the tracked statistics served this smoothing only
     q.carries_weights = q.carries_weights or bool(smoothed)
     return smoothed

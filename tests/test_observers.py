@@ -10,6 +10,7 @@ import torch
 
 from ptqkit.config import QuantSpec
 from ptqkit.observers import EPS, LSQQuantizer, Observer
+from ptqkit.qmodel import fake_quantize
 
 
 def observed(spec: QuantSpec, *batches: torch.Tensor) -> Observer:
@@ -242,6 +243,25 @@ def test_state_dict_round_trip_before_freeze_recomputes_same_qparams():
     assert torch.equal(dst(x), src(x))
 
 
+@pytest.mark.parametrize("axis", [None, 0, 1])
+@pytest.mark.parametrize("qmin,qmax", [(0, 255), (-128, 127), (-64, 63)])
+def test_inference_fake_quant_equals_torch_op_bit_for_bit(axis, qmin, qmax):
+    """Without grad fake_quantize takes its in-place path; it must give torch's kernel's values exactly, ties
+    (x exactly half a step from a grid point) and clamped values included."""
+    g = torch.Generator().manual_seed(qmax + (axis or 0))
+    x = torch.randn(64, 48, generator=g) * 5
+    size = () if axis is None else (x.shape[axis],)
+    scale = torch.rand(size, generator=g) * 0.05 + 1e-3
+    zero_point = torch.randint(qmin, qmax + 1, size, dtype=torch.int32, generator=g)
+    if axis is None:
+        x[0, :20] = (torch.arange(20) - 10 + 0.5) * scale
+    with torch.no_grad():
+        fast = fake_quantize(x, scale, zero_point, axis, qmin, qmax)
+    with torch.enable_grad():
+        op = fake_quantize(x, scale, zero_point, axis, qmin, qmax)
+    assert torch.equal(fast, op)
+
+
 def test_onnx_export_emits_qdq():
     import onnx
 
@@ -259,7 +279,7 @@ def test_onnx_export_emits_qdq():
             return torch.nn.functional.linear(self.act(x), self.weight(self.linear.weight), self.linear.bias)
 
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():  # no grad: the tracer must still see torch's fake-quant op
         warnings.simplefilter("ignore")
         torch.onnx.export(FQLinear(), (torch.randn(2, 8),), buf, dynamo=False, opset_version=17)
     ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]

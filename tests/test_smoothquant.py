@@ -252,3 +252,31 @@ def test_runtime_smoothing_runs_before_calibration_only(bert: nn.Module) -> None
     q, _ = _runtime_smoothed(bert, _batches(), None)
     with pytest.raises(RuntimeError, match="before calibration"):
         smooth_runtime(q, collect_input_absmax(bert, _batches()), 0.8)
+
+
+def test_one_pass_calibration_gives_the_two_pass_ranges(bert: nn.Module) -> None:
+    """Smoothing statistics tracked in the calibration pass give the ranges a second pass would have observed:
+    bit for bit where nothing smoothed runs upstream (layer 0's Q/K/V input), to fp32 rounding elsewhere."""
+    from ptqkit.config import QuantConfig
+    from ptqkit.passes import observer_key
+    from ptqkit.quantizer import Quantizer, run_calibration
+    from ptqkit.smoothquant import linear_input_absmax, smooth_runtime, track_linear_inputs
+
+    batches = _batches()
+    two_pass, names = _runtime_smoothed(bert, batches, 0.8)
+    q = Quantizer(config=QuantConfig.for_device("x86", isa="avx512_vnni", smooth_alpha=0.8))
+    graph = q.calib(bert, ("input_ids", "attention_mask"))
+    track_linear_inputs(q, bert)
+    run_calibration(graph, batches)
+    assert smooth_runtime(q, linear_input_absmax(q), 0.8) == names
+    q.quantize()
+    expected, got = two_pass.observers(), q.observers()
+    assert expected.keys() == got.keys()
+    for key, o in expected.items():
+        assert torch.equal(got[key].channel_mul, o.channel_mul), key
+        torch.testing.assert_close(got[key].scale, o.scale, rtol=1e-5, atol=0)
+        assert (got[key].zero_point - o.zero_point).abs().max() <= 1, key
+    first = observer_key("bert.encoder.layer.0.attention.self.query", "input")
+    assert torch.equal(got[first].min_val, expected[first].min_val)
+    assert torch.equal(got[first].max_val, expected[first].max_val)
+    assert all(o.channel_range is None for o in got.values())  # tracking ends with the smoothing
