@@ -3,7 +3,7 @@
 split each engine's time by op kind with its own profiler and measure its int8 GEMM peak (bench.json)."""
 from __future__ import annotations
 
-from ptqkit.cli import add_bench_flags, parser, run_main
+from ptqkit.cli import add_bench_flags, config_from_args, parser, run_main
 
 
 def main() -> int:
@@ -12,7 +12,7 @@ def main() -> int:
     add_bench_flags(p)
     args = p.parse_args()
 
-    from ptqkit.pipeline import bench_step, config_from_args
+    from ptqkit.steps import bench_step
 
     bench_step(config_from_args(args), (args.backends or args.backend).split(","))
     return 0

@@ -2,7 +2,7 @@
 """Quantize a BERT-family classifier to int8, compile it, and show fp32 vs int8 accuracy and speed side by side."""
 from __future__ import annotations
 
-from ptqkit.cli import add_bench_flags, add_calib_flags, parser, positive_int, run_main
+from ptqkit.cli import add_bench_flags, add_calib_flags, config_from_args, parser, positive_int, run_main
 
 
 def main() -> int:
@@ -15,7 +15,7 @@ def main() -> int:
     p.add_argument("--allow-no-int8", action="store_true", help="report an int8 model that ran without int8 kernels instead of failing")
     args = p.parse_args()
 
-    from ptqkit.pipeline import config_from_args, run
+    from ptqkit.pipeline import run
 
     run(config_from_args(args))
     return 0

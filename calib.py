@@ -2,7 +2,7 @@
 """Step 1: capture the model as a torch.export graph, insert observers, calibrate on train batches, save the state."""
 from __future__ import annotations
 
-from ptqkit.cli import add_calib_flags, parser, run_main
+from ptqkit.cli import add_calib_flags, config_from_args, parser, run_main
 
 
 def main() -> int:
@@ -12,7 +12,7 @@ def main() -> int:
                    "linear's output error against fp32 on calibration data, worst first")
     args = p.parse_args()
 
-    from ptqkit.pipeline import calib_step, config_from_args
+    from ptqkit.steps import calib_step
 
     calib_step(config_from_args(args))
     return 0

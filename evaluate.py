@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ptqkit.artifacts import Layout
 from ptqkit.backends import FILE_ENGINES
-from ptqkit.cli import _Parser, positive_int, run_main
+from ptqkit.cli import plain_parser, positive_int, run_main
 
 
 def main() -> int:
-    p = _Parser(description=__doc__)
+    p = plain_parser(__doc__)
     names = Layout(Path())
     p.add_argument("--artifacts", required=True, help=f"output dir of bert_ptq.py: {names.fp32_onnx}, {names.int8_onnx}")
     p.add_argument("--input", required=True, help="the rows: .csv, .tsv, .json/.jsonl (JSON lines) or .parquet")

@@ -5,7 +5,7 @@ evaluated on validation and re-timed interleaved here. Rerun the same command to
 from __future__ import annotations
 
 from ptqkit.backends import FILE_ENGINES
-from ptqkit.cli import DEFAULT, parser, positive_int, run_main
+from ptqkit.cli import DEFAULT, config_from_args, parser, positive_int, run_main
 from ptqkit.sweep_grid import RECIPE_KEYS
 
 
@@ -28,7 +28,6 @@ def main() -> int:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a recipe whose worker died")
     p.add_argument("--rounds", type=positive_int, default=DEFAULT.bench.rounds, help="timed rounds for the final interleaved re-timing")
     args = p.parse_args()
-    from ptqkit.pipeline import config_from_args
     from ptqkit.sweep import SweepConfig, run_sweep
     from ptqkit.sweep_grid import parse_grid
 

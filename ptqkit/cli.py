@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from dataclasses import fields, replace
 from typing import Callable
 
 from .backends import ENGINES, FILE_ENGINES
-from .bench import BenchConfig
+from .bench import BenchConfig, bench_config
 from .config import CALIB_METHODS, DEVICES, INT8_ATTENTION, RunConfig
 from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError, one_line
 from .sysinfo import ARM_INT8_ISAS, X86_INT8_ISAS
@@ -104,3 +105,17 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=positive_int, default=bench.rounds, help="timed rounds per shape")
     p.add_argument("--profile-calls", type=int, default=bench.profile_calls, help="calls per shape profiled by "
                    "the engine's own profiler (time by op kind, share of the measured int8 GEMM peak); 0: none")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """argparse namespace -> RunConfig; flags a CLI does not have keep RunConfig's defaults (declared once there).
+    Bad flag values become UserError."""
+    given = vars(args)
+    try:
+        bench = bench_config(given.get("shapes"), given.get("threads"), given.get("rounds"), given.get("profile_calls"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    names = {f.name for f in fields(RunConfig)} - {"bench", "text_columns", "isa"}
+    return replace(RunConfig(), bench=bench, **{k: v for k, v in given.items() if k in names},
+                   text_columns=tuple(args.text_columns.split(",")) if given.get("text_columns") else None,
+                   isa=None if given.get("isa", "auto") == "auto" else args.isa)

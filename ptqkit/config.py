@@ -74,7 +74,7 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()  # fnmatch patterns on quantization-point names, e.g. "*.pooler.*"
     attention_matmuls: bool = False  # also quantize Q*K^T and P*V (operand grids: ATTENTION_OPERAND_SPEC, ..._PROBS_SPEC)
     isa: str | None = None  # the int8 instruction set the contract was made for (sysinfo.classify_int8_isa)
-    # runtime SmoothQuant strength on every linear input; pipeline.calibrate applies it (library users call
+    # runtime SmoothQuant strength on every linear input; recipe.calibrate applies it (library users call
     # smoothquant.smooth_runtime between Quantizer.calib and the calibration batches)
     smooth_alpha: float | None = None
 
@@ -168,7 +168,7 @@ class RunConfig:
     fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
     qat_epochs: float = 0.0
     # int8 attention matmuls (QuantConfig.attention_matmuls): on, off, or auto = the forced engine's preference
-    # (Engine.int8_attention), on under --backend auto; off on aarch64 and without VNNI (pipeline.int8_attention)
+    # (Engine.int8_attention), on under --backend auto; off on aarch64 and without VNNI (recipe.int8_attention)
     int8_attention: str = "auto"
     smoothquant: float | None = None  # SmoothQuant alpha; None = off (measured: no reliable gain on MiniLM)
     layer_report: bool = False  # calib.py: print and save per-layer output error against fp32

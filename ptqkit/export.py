@@ -1,4 +1,5 @@
-"""Converted model (Quantizer.convert) -> TorchScript and ONNX (QuantizeLinear/DequantizeLinear) artefacts.
+"""Converted model (Quantizer.convert) -> TorchScript and ONNX (QuantizeLinear/DequantizeLinear) artefacts, and the
+float model -> ONNX: the model files of an artefact directory (export_artifacts).
 
 The torch.export graph cannot be re-traced with dynamic shapes by torch.jit.trace or the TorchScript-based
 ONNX exporter (sizes become constants), and only that exporter's graphs get ONNX Runtime's transformer fusions.
@@ -10,11 +11,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import artifacts
+from .capture import example_inputs
 from .qmodel import LogitsOnly
+from .stages import Stages
+
+if TYPE_CHECKING:
+    from .quantizer import Quantizer
 
 OPSET = 17
 
@@ -119,3 +126,35 @@ def export_torchscript(model: torch.nn.Module, input_names: tuple[str, ...], exa
     with artifacts.atomic_path(path) as tmp:
         torch.jit.save(traced, str(tmp))
     return Path(path)
+
+
+def export_example(model, input_names: tuple[str, ...]) -> dict:
+    """The inputs every export traces with: one row of up to 128 tokens (axes stay dynamic in the ONNX files)."""
+    seq_len = min(128, int(getattr(model.config, "max_position_embeddings", 128) or 128))
+    return example_inputs(model, input_names, batch=1, seq_len=seq_len)
+
+
+def export_fp32(model, input_names: tuple[str, ...], path: Path) -> Path:
+    """The float model as ONNX (dynamic batch and sequence), written atomically."""
+    return export_onnx(model, input_names, export_example(model, input_names), path)
+
+
+def export_int8(model, q: Quantizer, input_names: tuple[str, ...], path: Path) -> Path:
+    """Only the QDQ ONNX (what the engines compile), written atomically."""
+    return export_onnx(q.convert(model), input_names, export_example(model, input_names), path)
+
+
+def export_artifacts(model, converted, input_names: tuple[str, ...], out_dir: Path,
+                     stages: Stages | None = None) -> dict[str, Path]:
+    """fp32 ONNX, int8 QDQ ONNX and int8 TorchScript (from the converted model) into out_dir's Layout, each written
+    atomically and timed as its own stage."""
+    stages = stages or Stages()
+    example = export_example(model, input_names)
+    layout = artifacts.Layout(out_dir)
+    with stages.time("export: fp32 onnx"):
+        fp32 = export_fp32(model, input_names, layout.fp32_onnx)
+    with stages.time("export: int8 onnx"):
+        int8 = export_onnx(converted, input_names, example, layout.int8_onnx)
+    with stages.time("export: int8 torchscript"):
+        script = export_torchscript(converted, input_names, example, layout.int8_torchscript)
+    return {"fp32_onnx": fp32, "int8_onnx": int8, "int8_torchscript": script}

@@ -2,7 +2,7 @@
 
 Used by tools/support_table.py (docs/model-support.md) and by the tests: each type is built from a tiny config,
 fed the inputs its own tokenizer emits, and quantized exactly as `bert_ptq.py --device x86` does with default
-flags on this host (pipeline.calibrate with RunConfig's defaults: the host ISA's contract, runtime SmoothQuant,
+flags on this host (recipe.calibrate with RunConfig's defaults: the host ISA's contract, runtime SmoothQuant,
 int8 attention as --int8-attention auto chooses, with its fallback); the converted model is exported as QDQ ONNX
 and compiled int8 on every --backend auto candidate, whose int8 kernels are counted and whose logits are compared
 with the torch fake-quant graph's.
@@ -133,14 +133,15 @@ class Support:
 
 
 def check_model_type(name: str, work_dir: str | Path | None = None, samples: int = 64) -> Support:
-    """The main command's default path on a tiny random `name` classifier: calibrate with pipeline.calibrate and
+    """The main command's default path on a tiny random `name` classifier: calibrate with recipe.calibrate and
     RunConfig's defaults, convert, export QDQ ONNX, compile it int8 on each installed --backend auto candidate."""
     from transformers import AutoModelForSequenceClassification
 
     from .backends import get_backend, installed_engines
     from .data import TaskData
     from .export import export_onnx
-    from .pipeline import Loaded, calibrate
+    from .loading import Loaded
+    from .recipe import calibrate
 
     cfg = RunConfig()  # `bert_ptq.py --device x86` with default flags
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:  # a user's model arrives through save_pretrained

@@ -24,10 +24,12 @@ from . import artifacts
 from .backends import get_backend
 from .backends.pytorch import TorchRunner
 from .bench import BenchConfig, Shape, summarize, synthetic_inputs, time_interleaved
+from .config import RunConfig
 from .data import encode, train_holdout
 from .errors import UserError, one_line
 from .evaluation import evaluate, predict_logits
-from .pipeline import Loaded, RunConfig, export_fp32, load
+from .export import export_fp32
+from .loading import Loaded, load
 from .sweep_grid import Recipe
 from .sweep_report import write_outputs
 from .sweep_trial import Payload, build_recipe, run_recipe, timing_shape

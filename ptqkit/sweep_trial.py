@@ -14,11 +14,14 @@ from ray import tune
 from . import artifacts
 from .backends import get_backend
 from .bench import BenchConfig, Shape, summarize, synthetic_inputs, time_interleaved
+from .config import RunConfig
 from .data import TaskData, calibration_batches, encode, train_holdout
 from .errors import one_line
 from .evaluation import evaluate, predict_logits
+from .export import export_int8
+from .loading import Loaded, feed_inputs
 from .models import load_model
-from .pipeline import Loaded, RunConfig, calibrate, export_int8, feed_inputs
+from .recipe import calibrate
 from .sweep_grid import Recipe
 
 

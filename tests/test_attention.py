@@ -14,8 +14,8 @@ from ptqkit.errors import UserError
 from ptqkit.export import export_onnx, export_torchscript
 from ptqkit.layer_error import layer_errors
 from ptqkit.passes import observer_key
-from ptqkit.pipeline import int8_attention
 from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.recipe import int8_attention
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from ptqkit.sysinfo import SATURATING_ISAS, host_int8_isa
 from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
@@ -143,7 +143,7 @@ def test_unsupported_attention_is_a_user_error(q, bert, monkeypatch):
 
     assert q.attention_obstacle(bert) == ""
     monkeypatch.setattr(modeling_bert.ALL_ATTENTION_FUNCTIONS, "get_interface", lambda name, default: default)
-    # --int8-attention auto then calibrates without it, with this reason in report.json (pipeline.calibrate)
+    # --int8-attention auto then calibrates without it, with this reason in report.json (recipe.calibrate)
     assert q.attention_obstacle(bert) == "its attention does not go through transformers' attention interface"
     with pytest.raises(UserError, match="int8 attention is not supported for model type 'bert'"):
         q.convert(bert)

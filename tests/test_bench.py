@@ -2,16 +2,14 @@
 interleaved timing loop."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 
-from ptqkit import pipeline
 from ptqkit.bench import SERVER_SHAPES, SETTLE_S, BenchConfig, Shape, bench_config, summarize, time_interleaved
-from ptqkit.sysinfo import usable_cores
-from ptqkit.cli import add_bench_flags, parser
+from ptqkit.cli import add_bench_flags, config_from_args, parser
 from ptqkit.errors import UserError
-from ptqkit.pipeline import config_from_args
+from ptqkit.latency import measure_latency
+from ptqkit.sysinfo import usable_cores
 
 
 def _cfg(*argv: str):
@@ -72,9 +70,8 @@ def test_time_budget_ends_the_cell_after_the_round_that_passes_it(fake_clock) ->
 
 def test_only_multi_thread_cells_settle(fake_clock) -> None:
     """bert_ptq.py pauses settle_s before each call of a multi-thread cell; one-thread cells run back to back."""
-    loaded = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vocab_size=100)), input_names=("input_ids",))
     bench = BenchConfig(shapes=(Shape(1, 8),), threads=(1, 2), warmup=0, rounds=2, profile_calls=0)
-    out = pipeline.measure_latency({"x": lambda threads: fake_clock.runner(f"x@{threads}", 1.0)}, loaded, bench)
+    out = measure_latency({"x": lambda threads: fake_clock.runner(f"x@{threads}", 1.0)}, 100, ("input_ids",), bench)
     pause = ("sleep", SETTLE_S)
     assert SETTLE_S > 0 and fake_clock.events == [("x@1", 1.0)] * 2 + [pause, ("x@2", 1.0)] * 2
     assert [(c["threads"], c["median"]) for c in out["x"]["latency_ms"]] == [(1, 1.0), (2, 1.0)]

@@ -11,9 +11,12 @@ import pytest
 
 from ptqkit.backends import get_backend
 from ptqkit.bulk_eval import EvalConfig, run_eval
+from ptqkit.config import RunConfig
 from ptqkit.data import calibration_batches
 from ptqkit.errors import UserError
-from ptqkit.pipeline import RunConfig, calibrate, export_artifacts, load
+from ptqkit.export import export_artifacts
+from ptqkit.loading import load
+from ptqkit.recipe import calibrate
 
 
 @pytest.fixture(scope="module")

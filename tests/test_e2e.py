@@ -6,7 +6,8 @@ import json
 import pytest
 
 from ptqkit.bench import BenchConfig, Shape
-from ptqkit.pipeline import RunConfig, run
+from ptqkit.config import RunConfig
+from ptqkit.pipeline import run
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from ptqkit.backends import installed_engines
 from ptqkit.capture import model_input_names
 from ptqkit.config import QuantConfig, RunConfig
 from ptqkit.passes import find_quant_points
-from ptqkit.pipeline import int8_attention
 from ptqkit.quantizer import Quantizer, run_calibration
+from ptqkit.recipe import int8_attention
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from ptqkit.support import MODEL_TYPES, PATH_FLAGS, TYPES, check_model_type, random_batch, tiny_classifier
 from tiny import int8_kernels
@@ -78,7 +78,8 @@ def test_bert_tokenizer_on_a_distilbert_runs_end_to_end(tmp_path):
     from transformers import AutoTokenizer
 
     from ptqkit.bench import BenchConfig, Shape
-    from ptqkit.pipeline import RunConfig, run
+    from ptqkit.config import RunConfig
+    from ptqkit.pipeline import run
 
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
     tiny_classifier("distilbert", vocab_size=len(tokenizer)).save_pretrained(tmp_path / "model")

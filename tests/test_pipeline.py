@@ -17,7 +17,9 @@ from ptqkit.backends.base import KernelEvidence, ModelForms
 from ptqkit.bench import Shape
 from ptqkit.config import RunConfig
 from ptqkit.data import calibration_batches
-from ptqkit.pipeline import auto_fallback, calibrate, load, run
+from ptqkit.loading import load
+from ptqkit.pipeline import run
+from ptqkit.recipe import auto_fallback, calibrate
 from ptqkit.stages import Stages
 from tiny import ATTENTION_KERNELS, N_ATTENTION_POINTS, N_LINEARS
 

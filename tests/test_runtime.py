@@ -13,9 +13,11 @@ from ptqkit import runtime
 from ptqkit.artifacts import Layout
 from ptqkit.backends import FILE_ENGINES
 from ptqkit.bench import BenchConfig, Shape
+from ptqkit.config import RunConfig
 from ptqkit.data import Example, encode
 from ptqkit.errors import UserError
-from ptqkit.pipeline import RunConfig, load, run
+from ptqkit.loading import load
+from ptqkit.pipeline import run
 from tiny import int8_kernels
 
 REPO = Path(__file__).resolve().parent.parent

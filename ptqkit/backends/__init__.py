@@ -44,3 +44,12 @@ def get_backend(name: str) -> Engine:
 def installed_engines() -> list[str]:
     """The --backend auto candidates whose package is installed."""
     return [name for name in ENGINES if engine_class(name).auto and installed(name)]
+
+
+def check_backend_name(backend: str) -> None:
+    """Fail early on a bad --backend, before the model is loaded."""
+    if backend == "auto":
+        if not installed_engines():
+            raise UserError("--backend auto needs openvino or onnxruntime: pip install -r requirements.txt")
+    else:
+        get_backend(backend)
