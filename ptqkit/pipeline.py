@@ -76,8 +76,7 @@ def run(cfg: RunConfig) -> dict:
     timed = [v for v in variants if v.build is not None and v.measured]
     with stages.time("timing"):
         latency = measure_latency({v.name: v.build for v in timed}, ld.model.config.vocab_size, ld.input_names,
-                                  cfg.bench,
-                                  {v.name: v.op_times for v in timed if v.op_times})
+                                  cfg.bench, {v.name: v.op_times for v in timed if v.op_times})
     for v in timed:
         v.record.update(latency[v.name])
     rep = report.build(cfg.device, ld.model_name, ld.task.name, 0 if cfg.bench_only else len(ld.val_labels),
