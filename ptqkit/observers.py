@@ -131,28 +131,31 @@ class Observer(nn.Module):
             return
         x = x.detach().float()
         axis = self.spec.ch_axis
-        if axis is None:
+        if self.channel_range is not None:  # per-channel min/max first: the tensor's are theirs (one pass, not two)
+            c_lo, c_hi = torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)
+            lo, hi = c_lo.amin(), c_hi.amax()
+        elif axis is None:
             lo, hi = torch.aminmax(x)
         else:
             lo, hi = torch.aminmax(x.movedim(axis % x.dim(), 0).reshape(x.shape[axis], -1), dim=1)
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):  # min/max propagate NaN and show inf
             raise NonFiniteInput(f"observer {self.name!r}: input contained NaN/inf")
+        batch_lo, batch_hi = lo, hi
         if bool(self.has_stats):
             if lo.shape != self.min_val.shape:
                 raise ValueError(f"observer {self.name!r}: {lo.numel()} channels, previously {self.min_val.numel()}")
             lo, hi = torch.minimum(lo, self.min_val), torch.maximum(hi, self.max_val)
         self.min_val, self.max_val = lo, hi
         if self.channel_range is not None:
-            c_lo, c_hi = torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)
             if self.channel_range[0].numel():
                 c_lo, c_hi = torch.minimum(c_lo, self.channel_range[0]), torch.maximum(c_hi, self.channel_range[1])
             self.channel_range = (c_lo, c_hi)
         if self.hist.numel():
-            self._update_hist(x)
+            self._update_hist(x, float(batch_lo), float(batch_hi))
         self.has_stats.fill_(True)
         self.qparams_valid.fill_(False)
 
-    def _update_hist(self, x: Tensor) -> None:
+    def _update_hist(self, x: Tensor, x_min: float, x_max: float) -> None:
         """Add x (|x| if symmetric) to the histogram; when x falls outside the range, re-bin onto the wider one.
 
         The range is always exactly [min, max] of everything seen (starting at 0 for |x|, containing 0 for
@@ -161,10 +164,10 @@ class Observer(nn.Module):
         at most about one new bin per growth, which is the only order effect left.
         """
         v = x.abs() if self.spec.symmetric else x
-        if self.spec.symmetric:
-            b_lo, b_hi = 0.0, float(v.max())
+        if self.spec.symmetric:  # max |x| = max(|min x|, |max x|): x's min/max are already known
+            b_lo, b_hi = 0.0, max(abs(x_min), abs(x_max))
         else:
-            b_lo, b_hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
+            b_lo, b_hi = min(x_min, 0.0), max(x_max, 0.0)
         lo, hi = float(self.hist_min), float(self.hist_max)
         if not bool(self.has_stats):
             lo, hi = b_lo, b_hi

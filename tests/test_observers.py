@@ -136,6 +136,28 @@ def test_histogram_growth_from_zero_batch_keeps_counts():
     assert float(obs.hist_min) <= -5.0 and float(obs.hist_max) >= 9.0
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_single_batch_histogram_is_histc_over_its_range(symmetric):
+    # the histogram's range comes from the batch's min/max (no separate pass): it must be exactly torch's
+    x = torch.randn(4, 7, 33, generator=torch.Generator().manual_seed(1)) * 3 + 0.5
+    spec = QuantSpec(method="percentile", dtype="int8" if symmetric else "uint8", symmetric=symmetric, bins=64)
+    obs = observed(spec, x)
+    v, lo, hi = (x.abs(), 0.0, float(x.abs().max())) if symmetric else (x, min(float(x.min()), 0.0), float(x.max()))
+    assert (float(obs.hist_min), float(obs.hist_max)) == (lo, hi)
+    assert torch.equal(obs.hist, torch.histc(v, bins=64, min=lo, max=hi).double())
+
+
+def test_tracked_channels_give_the_tensor_range_and_each_channel_range():
+    batches = [torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(k)) * (k + 1) for k in range(3)]
+    obs = Observer(QuantSpec())
+    obs.track_channels()
+    for b in batches:
+        obs(b)
+    rows = torch.cat([b.reshape(-1, 8) for b in batches])
+    assert float(obs.min_val) == float(rows.min()) and float(obs.max_val) == float(rows.max())
+    assert torch.equal(obs.channel_range[0], rows.amin(0)) and torch.equal(obs.channel_range[1], rows.amax(0))
+
+
 @pytest.mark.parametrize(
     "spec",
     [
