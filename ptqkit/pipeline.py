@@ -17,7 +17,7 @@ from .bench import BenchConfig, synthetic_inputs, summarize, time_interleaved
 from .capture import example_inputs, model_input_names
 from .calibration import METHODS
 from .config import INT8_ATTENTION, QuantConfig, RunConfig
-from .data import TaskData, calibration_batches, encode, load_task, split_train
+from .data import TaskData, calibration_batches, encode, split_train
 from .errors import UserError, one_line
 from .evaluation import argmax_agreement, evaluate, predict_logits
 from .layer_error import format_table, layer_errors
@@ -32,6 +32,7 @@ from .sysinfo import SATURATING_ISAS, host_int8_isa, usable_cores
 from .quantizer import Quantizer, run_calibration
 from .selection import MIN_POOL, POOL_SIZE, Selection, select_engine
 from .stages import Stages
+from .tasks import load_task
 
 LAYER_REPORT_BATCHES = 8  # calibration batches the per-layer error report runs on
 # --int8-attention auto under --backend auto, where OpenVINO and ONNX Runtime compete on one exported file: on (on
@@ -59,7 +60,8 @@ class Loaded:
 
 
 def load(cfg: RunConfig) -> Loaded:
-    from .data import check_labels, fit_labels
+    from .tasks import check_labels
+    from .user_files import fit_labels
 
     task = load_task(cfg.task, cfg.data_dir, cfg.train_file, cfg.validation_file, cfg.text_columns, cfg.label_column,
                      cfg.encoding)

@@ -131,7 +131,7 @@ class Classifier:
 
 def read_texts(args: Sequence[str], file: str | None, stdin: Iterable[str]) -> list[str]:
     """Texts from arguments, else a file (one per line), else stdin. Every line is kept, empty ones too: as in the
-    main command (data.py), an empty text is classified like any other and counted (empty_texts)."""
+    main command (user_files.py), an empty text is classified like any other and counted (empty_texts)."""
     if args:
         return list(args)
     if file:
