@@ -9,7 +9,8 @@ import torch
 from ptqkit.capture import CaptureError, capture, model_input_names
 from ptqkit.config import QuantConfig
 from ptqkit.errors import UserError
-from ptqkit.observers import LSQQuantizer, Observer
+from ptqkit.lsq import LSQQuantizer
+from ptqkit.observers import Observer
 from ptqkit.passes import OBSERVERS_ATTR, find_quant_points, observer_key
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.sysinfo import SATURATING_ISAS
