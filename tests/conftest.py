@@ -126,9 +126,11 @@ class FakeClock:
 
 @pytest.fixture
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """ptqkit.bench reads this clock (perf_counter, sleep) in place of the `time` module for one test."""
-    from ptqkit import bench
+    """ptqkit.bench's timing loop and ptqkit.stages read this clock (perf_counter, sleep) in place of the `time`
+    module for one test."""
+    from ptqkit import bench, stages
 
     clock = FakeClock()
     monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(stages, "time", clock)
     return clock
