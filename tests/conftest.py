@@ -92,6 +92,30 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny BERT ("model") exported as fp32 ONNX ("fp32": its path) and, per device contract ("x86",
+    "aarch64"), calibrated on four batches: a namespace of the quantizer `q`, the converted model `converted` and
+    its int8 ONNX `path`. Export, engine and profiler tests share them: copy a quantizer before changing it."""
+    from types import SimpleNamespace
+
+    from ptqkit.export import export_onnx
+    from ptqkit.inputs import INPUT_NAMES
+    from ptqkit.quantizer import Quantizer, run_calibration
+
+    out = tmp_path_factory.mktemp("tiny_onnx")
+    model, example = tiny.bert(), tiny.batch(1, 16, seed=5)
+    arts: dict = {"model": model, "fp32": export_onnx(model, INPUT_NAMES, example, out / "fp32.onnx")}
+    for device in ("x86", "aarch64"):
+        q = Quantizer(device)
+        run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(4)])
+        q.quantize()
+        converted = q.convert(model)
+        path = export_onnx(converted, INPUT_NAMES, example, out / f"int8-{device}.onnx")
+        arts[device] = SimpleNamespace(q=q, converted=converted, path=path)
+    return arts
+
+
+@pytest.fixture(scope="session")
 def save_tiny_model() -> Callable[..., Path]:
     """Save a seeded 2-layer BERT of `model_cls` plus the bundled MiniLM tokenizer into `directory`."""
     import torch

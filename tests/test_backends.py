@@ -1,6 +1,8 @@
 """Engines on exported tiny-BERT artefacts: int8 kernels really run, outputs match the torch fake-quant graph."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -28,25 +30,17 @@ def eval_np(eval_batch):
     return {k: v.numpy() for k, v in eval_batch.items()}
 
 
-def calibrated(tiny, model, device: str) -> Quantizer:
-    q = Quantizer(device)
-    run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(4)])
-    q.quantize()
-    return q
-
-
 @pytest.fixture(scope="module")
-def artefacts(eval_batch, example, tiny, tmp_path_factory):
+def artefacts(eval_batch, example, tiny, tiny_onnx, tmp_path_factory):
     """ONNX files and the torch reference logits for each: fp32, int8 (x86, aarch64), int8 with 2 fp32 layers."""
     out = tmp_path_factory.mktemp("onnx")
-    model = tiny.bert()
-    fp32 = export_onnx(model, INPUT_NAMES, example, out / "fp32.onnx")
-    arts = {"fp32": (fp32, tiny.logits(model, eval_batch).numpy(), tiny.LINEARS)}
+    model = tiny_onnx["model"]
+    arts = {"fp32": (tiny_onnx["fp32"], tiny.logits(model, eval_batch).numpy(), tiny.LINEARS)}
     for device in ("x86", "aarch64"):
-        q = calibrated(tiny, model, device)
-        path = export_onnx(q.convert(model), INPUT_NAMES, example, out / f"int8-{device}.onnx")
-        arts[device] = (path, tiny.logits(q.graph, eval_batch).numpy(), tiny.LINEARS)
-    q.fallback(q.amp([tiny.batch(8, 16, 200)]), 2)  # aarch64 quantizer, now with two layers left in fp32
+        int8 = tiny_onnx[device]
+        arts[device] = (int8.path, tiny.logits(int8.q.graph, eval_batch).numpy(), tiny.LINEARS)
+    q = copy.deepcopy(tiny_onnx["aarch64"].q)  # the aarch64 quantizer, now with two layers left in fp32
+    q.fallback(q.amp([tiny.batch(8, 16, 200)]), 2)
     path = export_onnx(q.convert(model), INPUT_NAMES, example, out / "int8-fallback.onnx")
     arts["fallback"] = (path, tiny.logits(q.graph, eval_batch).numpy(), tiny.LINEARS - 2)
     q = Quantizer("x86")  # runtime smoothing (a Mul in front of each activation quantizer), two layers in fp32

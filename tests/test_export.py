@@ -25,19 +25,21 @@ def other_shape(tiny):
 
 
 @pytest.fixture(scope="module")
-def bert(tiny):
-    return tiny.bert()
+def bert(tiny_onnx):
+    return tiny_onnx["model"]
 
 
 @pytest.fixture(scope="module", params=["x86", "aarch64", "x86-smoothed"])
-def quantized(export_example, tiny, request, bert, tmp_path_factory):
+def quantized(export_example, tiny, tiny_onnx, request, bert, tmp_path_factory):
     """(device, quantizer, eager fake-quant model, int8 ONNX path) per device contract (plus runtime smoothing)."""
     device = request.param.split("-")[0]
+    if not request.param.endswith("smoothed"):
+        shared = tiny_onnx[device]
+        return device, shared.q, shared.converted, shared.path
     q = Quantizer(device)
     batches = [tiny.batch(8, 16, 100 + i) for i in range(4)]
     graph = q.calib(bert)
-    if request.param.endswith("smoothed"):
-        smooth_runtime(q, collect_input_absmax(bert, batches), 0.8)
+    smooth_runtime(q, collect_input_absmax(bert, batches), 0.8)
     run_calibration(graph, batches)
     q.quantize()
     eager = q.convert(bert)

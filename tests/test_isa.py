@@ -109,12 +109,14 @@ def test_seven_bit_weights_fit_the_non_saturating_range(tiny, seven_bit):
     assert act_q and all(inits[n.input[2]].dtype == "uint8" for n in act_q)  # u8 x 7-bit pair sums fit 16 bits
 
 
-def contract_models(tiny, directory: Path, isas: tuple[str, ...]) -> tuple[dict[str, str], Path]:
-    """The tiny model under each ISA's x86 contract, exported as QDQ ONNX with its fake-quant logits beside it
-    (PATH.ref.npy) on one batch (saved as inputs.npz): what a process on a simulated or emulated CPU checks."""
+@pytest.fixture(scope="module")
+def contract_models(tiny, tmp_path_factory) -> tuple[dict[str, str], Path]:
+    """The tiny model under the AVX2 and the VNNI x86 contract, exported as QDQ ONNX with its fake-quant logits beside
+    it (PATH.ref.npy) on one batch (saved as inputs.npz): what a process on a simulated or emulated CPU checks."""
+    directory = tmp_path_factory.mktemp("contracts")
     model, batch = tiny.bert(), tiny.batch(32, 20, seed=7)
     models = {}
-    for isa in isas:
+    for isa in ("avx2", "avx512_vnni"):
         q = Quantizer(config=QuantConfig.for_device("x86", isa=isa))
         run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(4)])
         q.quantize()
@@ -146,11 +148,11 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(not X86, reason="ONEDNN_MAX_CPU_ISA simulates x86 ISA levels")
-def test_simulated_avx2_openvino_matches_fake_quant(tiny, tmp_path):
+def test_simulated_avx2_openvino_matches_fake_quant(contract_models):
     """OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 runs the saturating AVX2 kernels: the contract such a host gets
     (7-bit weights) stays exact there, while the full-range contract of VNNI CPUs does not (the failure this
     contract prevents). Only the engine runs under the cap: a torch-free process on the exported files."""
-    models, inputs = contract_models(tiny, tmp_path, ("avx2", "avx512_vnni"))
+    models, inputs = contract_models
     code = SIMULATED.format(inputs=str(inputs), models=models)
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -182,7 +184,7 @@ def _qemu() -> str | None:
 
 
 @pytest.mark.skipif(not X86, reason="x86 user-mode emulation of an AVX2 CPU")
-def test_emulated_avx2_onnxruntime_matches_fake_quant(tiny, tmp_path):
+def test_emulated_avx2_onnxruntime_matches_fake_quant(contract_models):
     """ONNX Runtime's MLAS picks kernels from CPUID and ignores every cap, so an AVX2-only CPU is emulated with
     qemu-user (-cpu Haswell): there the AVX2 contract is exact and the VNNI contract saturates."""
     qemu = _qemu()
@@ -190,7 +192,7 @@ def test_emulated_avx2_onnxruntime_matches_fake_quant(tiny, tmp_path):
         if os.environ.get("CI"):
             pytest.fail("CI must install qemu-user-static (.ci/run does) to check ONNX Runtime's AVX2 kernels")
         pytest.skip("qemu-user-static is not installed (apt-get install qemu-user-static)")
-    models, inputs = contract_models(tiny, tmp_path, ("avx2", "avx512_vnni"))
+    models, inputs = contract_models
     code = EMULATED.format(inputs=str(inputs), models=models)
     res = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

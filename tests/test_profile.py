@@ -14,9 +14,7 @@ from ptqkit.inputs import INPUT_NAMES
 from ptqkit.sysinfo import onednn_bf16_capped
 from ptqkit.backends.pytorch import TorchRunner, eager_profiler, event_kind
 from ptqkit.bench import Shape, synthetic_inputs
-from ptqkit.export import export_onnx
 from ptqkit.profile import profile_cell
-from ptqkit.quantizer import Quantizer, run_calibration
 
 # growing and shrinking batch and length: a runner must follow shape changes between calls
 SHAPES = ((1, 16), (4, 40), (2, 8), (1, 64), (3, 16), (1, 16))
@@ -27,17 +25,9 @@ CAPPED_BF16 = pytest.mark.skipif(onednn_bf16_capped(),
 
 
 @pytest.fixture(scope="module")
-def onnx_files(tiny, tmp_path_factory) -> dict[str, tuple]:
-    out = tmp_path_factory.mktemp("profile")
-    model = tiny.bert()
-    example = tiny.batch(1, 16, seed=5)
-    files = {"fp32": export_onnx(model, INPUT_NAMES, example, out / "fp32.onnx")}
-    for device in ("x86", "aarch64"):
-        q = Quantizer(device)
-        run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(2)])
-        q.quantize()
-        files[device] = export_onnx(q.convert(model), INPUT_NAMES, example, out / f"int8-{device}.onnx")
-    return files
+def onnx_files(tiny_onnx) -> dict:
+    """ONNX paths: "fp32", and int8 under the "x86" and the "aarch64" contract."""
+    return {name: tiny_onnx["fp32"] if name == "fp32" else tiny_onnx[name].path for name in ("fp32", "x86", "aarch64")}
 
 
 def _plain(engine: str, path, precision: str):
