@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import errno
 import json
 import os
@@ -352,17 +353,16 @@ def test_interrupted_save_keeps_the_previous_state(tiny, tmp_path: Path, monkeyp
     from ptqkit.quantizer import Quantizer, run_calibration
 
     model = tiny.bert()
-
-    def calibrated(seed: int) -> Quantizer:
-        q = Quantizer("x86")
-        run_calibration(q.calib(model), [tiny.batch(4, 12, seed)])
-        q.quantize()
-        return q
+    old = Quantizer("x86")
+    run_calibration(old.calib(model), [tiny.batch(4, 12, 0)])
+    new = copy.deepcopy(old)  # one capture for both: new sees one more batch
+    run_calibration(new.graph, [tiny.batch(4, 12, 1)])
+    old.quantize()
+    new.quantize()
 
     def statistics(q: Quantizer) -> dict[str, torch.Tensor]:
         return {f"{k}.{b}": t for k, o in q.observers().items() for b, t in o.state_dict().items()}
 
-    old, new = calibrated(0), calibrated(1)
     assert any(not torch.equal(t, statistics(new)[k]) for k, t in statistics(old).items())  # a change would show
     old.save(tmp_path / "state")
     before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
