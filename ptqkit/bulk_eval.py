@@ -22,9 +22,9 @@ from .backends import FILE_ENGINES, get_backend
 from .bulk_engines import ARTEFACTS, EnginePair, engine_files
 from .errors import UserError
 from .metrics import compute_metrics
-from .user_files import choose_text_columns
+from .user_files import USER_FILE_SUFFIXES, choose_text_columns
 
-INPUT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+INPUT_SUFFIXES = (*USER_FILE_SUFFIXES, ".parquet")  # what the main command reads, and Parquet
 
 
 @dataclass

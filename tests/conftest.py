@@ -91,28 +91,48 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def tiny_onnx(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One tiny BERT ("model") exported as fp32 ONNX ("fp32": its path) and, per device contract ("x86",
-    "aarch64"), calibrated on four batches: a namespace of the quantizer `q`, the converted model `converted` and
-    its int8 ONNX `path`. Export, engine and profiler tests share them: copy a quantizer before changing it."""
+def _int8(tiny: Tiny, model, q, path: Path):
+    """`q` calibrated on the model with four batches, converted and exported as int8 QDQ ONNX at `path`."""
     from types import SimpleNamespace
 
     from ptqkit.export import export_onnx
     from ptqkit.inputs import INPUT_NAMES
-    from ptqkit.quantizer import Quantizer, run_calibration
+    from ptqkit.quantizer import run_calibration
+
+    run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(4)])
+    q.quantize()
+    converted = q.convert(model)
+    return SimpleNamespace(q=q, converted=converted, path=export_onnx(converted, INPUT_NAMES, tiny.batch(1, 16, 5), path))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny BERT ("model") exported as fp32 ONNX ("fp32": its path) and, per device contract ("x86",
+    "aarch64"), calibrated on four batches: a namespace of the quantizer `q`, the converted model `converted` and
+    its int8 ONNX `path` (traced at 1x16). Export, engine and profiler tests share them: copy a quantizer before
+    changing it."""
+    from ptqkit.export import export_onnx
+    from ptqkit.inputs import INPUT_NAMES
+    from ptqkit.quantizer import Quantizer
 
     out = tmp_path_factory.mktemp("tiny_onnx")
-    model, example = tiny.bert(), tiny.batch(1, 16, seed=5)
-    arts: dict = {"model": model, "fp32": export_onnx(model, INPUT_NAMES, example, out / "fp32.onnx")}
+    model = tiny.bert()
+    arts: dict = {"model": model, "fp32": export_onnx(model, INPUT_NAMES, tiny.batch(1, 16, 5), out / "fp32.onnx")}
     for device in ("x86", "aarch64"):
-        q = Quantizer(device)
-        run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(4)])
-        q.quantize()
-        converted = q.convert(model)
-        path = export_onnx(converted, INPUT_NAMES, example, out / f"int8-{device}.onnx")
-        arts[device] = SimpleNamespace(q=q, converted=converted, path=path)
+        arts[device] = _int8(tiny, model, Quantizer(device), out / f"int8-{device}.onnx")
     return arts
+
+
+@pytest.fixture(scope="session")
+def tiny_contracts(tiny: Tiny, tiny_onnx: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """tiny_onnx's model under the x86 contract of an AVX2 CPU (7-bit weights) and of a VNNI CPU, forced whatever
+    this host is: {isa: namespace of q, converted, path} as in tiny_onnx."""
+    from ptqkit.config import QuantConfig
+    from ptqkit.quantizer import Quantizer
+
+    out = tmp_path_factory.mktemp("tiny_contracts")
+    return {isa: _int8(tiny, tiny_onnx["model"], Quantizer(config=QuantConfig.for_device("x86", isa=isa)),
+                       out / f"{isa}.onnx") for isa in ("avx2", "avx512_vnni")}
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,6 @@ import torch
 from onnx import numpy_helper
 
 from ptqkit.config import QuantConfig, QuantSpec
-from ptqkit.export import export_onnx
-from ptqkit.inputs import INPUT_NAMES
-from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.sysinfo import classify_int8_isa, cpu_info, host_int8_isa
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,15 +79,10 @@ def test_contract_rejects_an_isa_of_the_other_architecture():
 
 
 @pytest.fixture(scope="module")
-def seven_bit(tiny, tmp_path_factory):
+def seven_bit(tiny_contracts):
     """The avx2 contract on the tiny model: quantizer, eager fake-quant model, exported QDQ ONNX."""
-    model = tiny.bert()
-    q = Quantizer(config=QuantConfig.for_device("x86", isa="avx2"))
-    run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(4)])
-    q.quantize()
-    eager = q.convert(model)
-    path = export_onnx(eager, INPUT_NAMES, tiny.batch(1, 16, 5), tmp_path_factory.mktemp("avx2") / "int8.onnx")
-    return q, eager, path
+    avx2 = tiny_contracts["avx2"]
+    return avx2.q, avx2.converted, avx2.path
 
 
 def test_seven_bit_weights_fit_the_non_saturating_range(tiny, seven_bit):
@@ -110,21 +102,17 @@ def test_seven_bit_weights_fit_the_non_saturating_range(tiny, seven_bit):
 
 
 @pytest.fixture(scope="module")
-def contract_models(tiny, tmp_path_factory) -> tuple[dict[str, str], Path]:
-    """The tiny model under the AVX2 and the VNNI x86 contract, exported as QDQ ONNX with its fake-quant logits beside
-    it (PATH.ref.npy) on one batch (saved as inputs.npz): what a process on a simulated or emulated CPU checks."""
-    directory = tmp_path_factory.mktemp("contracts")
-    model, batch = tiny.bert(), tiny.batch(32, 20, seed=7)
+def contract_models(tiny, tiny_contracts, tmp_path_factory) -> tuple[dict[str, str], Path]:
+    """The tiny model under the AVX2 and the VNNI x86 contract as QDQ ONNX, with its fake-quant logits beside each
+    (PATH.ref.npy) on one batch (saved as inputs.npz): what a process on a simulated or emulated CPU checks."""
+    inputs = tmp_path_factory.mktemp("contracts") / "inputs.npz"
+    batch = tiny.batch(32, 20, seed=7)
     models = {}
-    for isa in ("avx2", "avx512_vnni"):
-        q = Quantizer(config=QuantConfig.for_device("x86", isa=isa))
-        run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(4)])
-        q.quantize()
-        path = export_onnx(q.convert(model), INPUT_NAMES, tiny.batch(1, 16, 5), directory / f"{isa}.onnx")
-        np.save(str(path) + ".ref.npy", tiny.logits(q.graph, batch).numpy())
-        models[isa] = str(path)
-    np.savez(directory / "inputs.npz", **{k: v.numpy() for k, v in batch.items()})
-    return models, directory / "inputs.npz"
+    for isa, int8 in tiny_contracts.items():
+        np.save(str(int8.path) + ".ref.npy", tiny.logits(int8.q.graph, batch).numpy())
+        models[isa] = str(int8.path)
+    np.savez(inputs, **{k: v.numpy() for k, v in batch.items()})
+    return models, inputs
 
 
 def test_the_contract_follows_the_host_isa():
