@@ -39,8 +39,8 @@ def eval_batch(tiny):
 
 
 @pytest.fixture(scope="module")
-def bert(tiny):
-    return tiny.bert()
+def bert(tiny_onnx):
+    return tiny_onnx["model"]
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +50,15 @@ def bert_graph(bert):
 
 
 @pytest.fixture(scope="module")
-def q_x86(bert, calib_batches):
-    return calibrated(bert, calib_batches, "x86")
+def q_x86(tiny_onnx):
+    """The x86 contract calibrated on the four calibration batches (shared: copy it before changing it)."""
+    return tiny_onnx["x86"].q
 
 
 @pytest.fixture(scope="module")
-def q_arm(bert, calib_batches):
-    return calibrated(bert, calib_batches, "aarch64")
+def q_arm(tiny_onnx):
+    """The aarch64 contract, as q_x86."""
+    return tiny_onnx["aarch64"].q
 
 
 # --- capture --------------------------------------------------------------------------------------------------
@@ -222,8 +224,8 @@ def test_device_qparams_contract(q_x86, q_arm, bert):
 
 # --- amp / fallback -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def q_fallback(bert, calib_batches):
-    q = calibrated(bert, calib_batches, "x86")
+def q_fallback(q_x86, calib_batches):
+    q = copy.deepcopy(q_x86)
     sens = q.amp(calib_batches[:2])
     chosen = q.fallback(sens, 2)
     return q, sens, chosen
