@@ -24,16 +24,18 @@ def _run(backend: ORTBackend, path, batch: dict) -> tuple[np.ndarray, dict]:
     return runner({k: v.numpy() for k, v in batch.items()}), runner.kernels().details
 
 
-def _int8(tiny, model, names, attention: bool, path):
-    q = Quantizer(config=QuantConfig.for_device("x86", attention_matmuls=attention))
-    run_calibration(q.calib(model, names), [tiny.batch(8, 16, 100 + i, names) for i in range(2)])
+def _int8_attention(tiny, path):
+    """The x86 contract with int8 attention on the tiny model, calibrated on two batches and exported."""
+    model = tiny.bert()
+    q = Quantizer(config=QuantConfig.for_device("x86", attention_matmuls=True))
+    run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(2)])
     q.quantize()
-    return export_onnx(q.convert(model), names, tiny.batch(1, 16, 5, names), path)
+    return export_onnx(q.convert(model), INPUT_NAMES, tiny.batch(1, 16, 5), path)
 
 
 @pytest.mark.parametrize("attention", [False, True])
-def test_int8_model_runs_multihead_attention_only_for_float_attention(tiny, attention, tmp_path):
-    path = _int8(tiny, tiny.bert(), INPUT_NAMES, attention, tmp_path / "int8.onnx")
+def test_int8_model_runs_multihead_attention_only_for_float_attention(tiny, tiny_onnx, attention, tmp_path):
+    path = _int8_attention(tiny, tmp_path / "int8.onnx") if attention else tiny_onnx["x86"].path
     batch = tiny.batch(6, 20, seed=3)  # odd rows padded: the mask reaches MultiHeadAttention as attention_bias
     fused, kernels = _run(ORTBackend(), path, batch)
     plain, plain_kernels = _run(ORTBackend(fuse_attention=False), path, batch)
