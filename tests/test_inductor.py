@@ -39,9 +39,9 @@ def models(tiny):
     (QuantConfig.for_device("aarch64", activation=QuantSpec(dtype="uint8", symmetric=False)), None),  # per-tensor w
     (None, 0.95),  # with runtime SmoothQuant
 ], ids=["uint8affine-perchannel", "int8-perchannel", "uint8affine-pertensor", "smoothed"])
-def test_qdq_module_computes_the_fakequant_model(tiny, config, alpha):
-    model = tiny.bert()
-    fq = fakequant(tiny, model, config, alpha)
+def test_qdq_module_computes_the_fakequant_model(tiny, tiny_onnx, config, alpha):
+    plain = config is None and alpha is None  # the x86 contract as such: tiny_onnx's converted model
+    fq = tiny_onnx["x86"].converted if plain else fakequant(tiny, tiny.bert(), config, alpha)
     qdq = to_qdq_module(fq)
     assert sum(isinstance(m, QDQLinear) for m in qdq.modules()) == tiny.LINEARS
     assert all(m.qweight.dtype == torch.int8 for m in qdq.modules() if isinstance(m, QDQLinear))

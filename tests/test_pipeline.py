@@ -2,6 +2,7 @@
 --backend auto selection rule on engines with set speeds and agreements."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -190,15 +191,22 @@ def test_selection_with_no_working_engine_fails(fake_clock, monkeypatch) -> None
         _select([SetEngine(fake_clock, "a", 1.0, {"int8": (1.0, 0, 1)}, broken=True)], fake_clock, monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def calibrated(user_cfg: RunConfig):
+    """(loaded, calibration batches, quantizer) of the pipeline's calibration on user_cfg: copy the quantizer."""
+    ld = load(user_cfg)
+    calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
+    q, _ = calibrate(ld, user_cfg, calib)
+    return ld, calib, q
+
+
 @pytest.mark.parametrize("budget, everything", [(100.0, False), (-101.0, True)])
-def test_auto_fallback_extremes(user_cfg: RunConfig, budget: float, everything: bool) -> None:
+def test_auto_fallback_extremes(user_cfg: RunConfig, calibrated, budget: float, everything: bool) -> None:
     """A loose budget keeps every layer int8; an impossible one leaves every point (attention matmuls included)
     in fp32."""
-    cfg = replace(user_cfg)
-    ld = load(cfg)
-    calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
-    q, _ = calibrate(ld, cfg, calib)
-    auto_fallback(q, ld, replace(cfg, max_accuracy_drop=budget), calib, holdout_size=40)
+    ld, calib, q = calibrated
+    q = copy.deepcopy(q)
+    auto_fallback(q, ld, replace(user_cfg, max_accuracy_drop=budget), calib, holdout_size=40)
     expected = len(q.points) if everything else 0
     assert len(q.fallback_layers) == expected
     assert len(q.quantized_points()) == len(q.points) - expected
