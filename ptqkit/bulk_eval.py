@@ -20,11 +20,11 @@ from tqdm import tqdm
 from . import artifacts
 from .backends import FILE_ENGINES, get_backend
 from .bulk_engines import ARTEFACTS, EnginePair, engine_files
-from .data import _text_columns
 from .errors import UserError
 from .metrics import compute_metrics
+from .user_files import USER_FILE_SUFFIXES, choose_text_columns
 
-INPUT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+INPUT_SUFFIXES = (*USER_FILE_SUFFIXES, ".parquet")  # what the main command reads, and Parquet
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _check(cfg: EvalConfig) -> tuple[Path, tuple[str, ...], str | None]:
     label = cfg.label_column or ("label" if "label" in columns else None)
     if cfg.label_column and cfg.label_column not in columns:
         raise UserError(f"{path} has no label column {cfg.label_column!r} (columns found: {', '.join(columns)})")
-    text = _text_columns(columns, label or "", cfg.text_columns, str(path))
+    text = choose_text_columns(columns, label or "", cfg.text_columns, str(path))
     if cfg.where and (cfg.where.count("=") != 1 or cfg.where.split("=")[0] not in columns):
         raise UserError(f"--where {cfg.where!r}: use COLUMN=VALUE with one of the columns {', '.join(columns)}")
     return path, text, label

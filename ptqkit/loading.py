@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 from .capture import model_input_names
 from .config import RunConfig
-from .data import TaskData, check_labels, encode, fit_labels, load_task
+from .data import TaskData, encode
+from .tasks import check_labels, load_task
+from .user_files import fit_labels
 from .errors import UserError
 from .models import load_model
 

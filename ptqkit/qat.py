@@ -7,7 +7,7 @@ import torch
 
 from .data import TaskData, encode
 from .models import train_steps
-from .observers import LSQQuantizer
+from .lsq import LSQQuantizer
 from .quantizer import Quantizer
 
 

@@ -18,21 +18,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import artifacts
-from .capture import CaptureError, capture, example_inputs, model_input_names
+from .capture import CaptureError, capture
 from .config import QuantConfig
 from .errors import UserError
-from .observers import LSQQuantizer, NonFiniteInput
-from .qmodel import ATTENTION_IMPL, QuantAttention, QuantLinear, fake_quantize, register_int8_attention
-from .passes import MATMUL_NAMES, OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
+from .int8_attention import MATMUL_OPERANDS, NOT_VIA_INTERFACE, attach_attention, attention_obstacle, extra_matmul
+from .lsq import LSQQuantizer
+from .observers import NonFiniteInput
+from .passes import OBSERVERS_ATTR, QuantPoint, find_quant_points, insert_observers, observer_key
+from .qmodel import QuantLinear, fake_quantize
 
 STATE_VERSION = 3  # 2: observers carry channel_mul (runtime SmoothQuant); 3: a point lists the nodes of every call
 # The quantizer's states. OBSERVING: activation observers collect statistics, outputs equal fp32 (weights were
 # observed once when the observers went in). QUANTIZED: frozen qparams, the graph fake-quantizes every point
 # except the fallback layers. TRAINING: QAT, LSQ quantizers with learnable scales in place of the observers.
 NEW, OBSERVING, QUANTIZED, TRAINING = "new", "observing", "quantized", "training"
-# The QuantAttention operands that each attention matmul point's roles ("input", "other") feed.
-MATMUL_OPERANDS = dict(zip(MATMUL_NAMES, (("query", "key"), ("probs", "value"))))
-NOT_VIA_INTERFACE = "its attention does not go through transformers' attention interface"
 
 
 class Quantizer:
@@ -96,7 +95,7 @@ class Quantizer:
                 mul = obs[observer_key(point.name, "input")].channel_mul
                 if point.name in self.fallback_layers and point.kind == "linear" and mul.numel():
                     qmodel.get_submodule(point.name).weight.mul_(mul)
-        extra = _extra_matmul(self.quantized_points())
+        extra = extra_matmul(self.quantized_points())
         if extra:
             raise UserError(f"int8 attention is not supported for model type {_model_type(model)!r}: {extra}; "
                             "rerun with --int8-attention off")
@@ -122,21 +121,14 @@ class Quantizer:
             setattr(parent, attr, QuantLinear(weight, linear.bias, _frozen_qparams(act), (act.spec.qmin, act.spec.qmax),
                                               w_qparams, w.spec.storage_range, w.spec.ch_axis is not None,
                                               act.channel_mul))
-        if attention and not _attach_attention(qmodel, attention):
+        if attention and not attach_attention(qmodel, attention):
             raise UserError(f"int8 attention is not supported for model type {_model_type(model)!r}: "
                             f"{NOT_VIA_INTERFACE}; rerun with --int8-attention off")
         return qmodel.eval()
 
     def attention_obstacle(self, model: torch.nn.Module) -> str:
-        """Why convert() cannot quantize this model's attention matmuls; empty when it can (checked on a copy
-        without qparams)."""
-        extra = _extra_matmul(self.points)
-        if extra:
-            return extra
-        modules = {p.name.rpartition(".")[0] for p in self.points if p.kind == "matmul"}
-        if not modules:  # e.g. DeBERTa's disentangled attention multiplies with torch.bmm
-            return "its graph has no attention matmul (torch.matmul) to quantize"
-        return "" if _attach_attention(copy.deepcopy(model).eval(), {name: {} for name in modules}) else NOT_VIA_INTERFACE
+        """Why convert() cannot quantize this model's attention matmuls; empty when it can."""
+        return attention_obstacle(self.points, model)
 
     def amp(self, batches: Iterable[dict]) -> dict[str, float]:
         """Per-point sensitivity: relative logit error with only that point quantized (torch-quant's amp)."""
@@ -275,32 +267,6 @@ class Quantizer:
         return q
 
 
-def _extra_matmul(points: list[QuantPoint]) -> str:
-    """The reason QuantAttention cannot hold a matmul point beyond Q*K^T and P*V of one call; empty if none."""
-    extra = next((p.name for p in points if p.kind == "matmul" and p.name.rpartition(".")[2] not in MATMUL_OPERANDS), "")
-    return f"its attention runs more than two matmuls per call ({extra})" if extra else ""
-
-
-def _attach_attention(qmodel: torch.nn.Module, attention: dict[str, dict]) -> bool:
-    """Give each attention module its QuantAttention and switch the model to the int8 attention function; then
-    check on one small batch that every one of them runs (a model whose attention does not go through
-    transformers' attention interface would otherwise silently keep fp32 attention). Returns whether they all ran."""
-    register_int8_attention()
-    modules = {name: qmodel.get_submodule(name) for name in attention}
-    for name, qparams in attention.items():
-        modules[name].quant_attention = QuantAttention(qparams)
-    qmodel.config._attn_implementation = ATTENTION_IMPL
-    ran: set[str] = set()
-    hooks = [m.quant_attention.register_forward_hook(lambda *_, n=n: ran.add(n)) for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            qmodel.eval()(**example_inputs(qmodel, model_input_names(qmodel), batch=1, seq_len=8))
-    finally:
-        for h in hooks:
-            h.remove()
-    return len(ran) == len(modules)
-
-
 def _model_type(model: torch.nn.Module) -> str:
     return getattr(getattr(model, "config", None), "model_type", type(model).__name__)
 
@@ -315,7 +281,6 @@ def _frozen_qparams(obs: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _logits(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
-
 
 
 def run_calibration(calib_model: torch.fx.GraphModule, batches: Iterable[dict], total: int | None = None) -> int:

@@ -22,7 +22,7 @@ from .backends import FILE_ENGINES, get_backend
 from .backends.base import MIN_AGREEMENT
 from .cpu import describe
 from .errors import UserError, one_line, reason
-from .inputs import pad
+from .inputs import INPUT_NAMES, pad
 
 RUNTIME_FORMAT = 1
 
@@ -80,7 +80,7 @@ class Tokenizer:
         else:
             inputs = list(texts)
         encs = self.tok.encode_batch(inputs)
-        return [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids} for e in encs]
+        return [dict(zip(INPUT_NAMES, (e.ids, e.attention_mask, e.type_ids))) for e in encs]
 
     def pad(self, features: Sequence[dict[str, list[int]]]) -> dict[str, np.ndarray]:
         """Right-pad to the longest in the batch, as the pipeline does (inputs.pad): the model's inputs only."""
@@ -131,7 +131,7 @@ class Classifier:
 
 def read_texts(args: Sequence[str], file: str | None, stdin: Iterable[str]) -> list[str]:
     """Texts from arguments, else a file (one per line), else stdin. Every line is kept, empty ones too: as in the
-    main command (data.py), an empty text is classified like any other and counted (empty_texts)."""
+    main command (user_files.py), an empty text is classified like any other and counted (empty_texts)."""
     if args:
         return list(args)
     if file:

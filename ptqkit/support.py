@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import artifacts
 from .capture import example_inputs, model_input_names
 from .config import RunConfig
 from .errors import UserError, one_line
 from .inputs import INPUT_NAMES
 
-BERT_INPUTS = INPUT_NAMES
 NO_TOKEN_TYPES = INPUT_NAMES[:2]  # RoBERTa-style tokenizers emit no token types
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 _ROBERTA = dict(_SMALL, type_vocab_size=1)  # as in the released RoBERTa-family checkpoints
@@ -43,19 +43,19 @@ class ModelType:
 
 
 MODEL_TYPES = (
-    ModelType("bert", "BertConfig", _SMALL, BERT_INPUTS),
+    ModelType("bert", "BertConfig", _SMALL, INPUT_NAMES),
     ModelType("distilbert", "DistilBertConfig", dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64), NO_TOKEN_TYPES),
     ModelType("roberta", "RobertaConfig", _ROBERTA, NO_TOKEN_TYPES, 514),
     ModelType("xlm-roberta", "XLMRobertaConfig", _ROBERTA, NO_TOKEN_TYPES, 514),
     ModelType("camembert", "CamembertConfig", _ROBERTA, NO_TOKEN_TYPES, 514),
-    ModelType("electra", "ElectraConfig", dict(_SMALL, embedding_size=16), BERT_INPUTS),
-    ModelType("albert", "AlbertConfig", dict(_SMALL, embedding_size=16), BERT_INPUTS),
+    ModelType("electra", "ElectraConfig", dict(_SMALL, embedding_size=16), INPUT_NAMES),
+    ModelType("albert", "AlbertConfig", dict(_SMALL, embedding_size=16), INPUT_NAMES),
     ModelType("mpnet", "MPNetConfig", _SMALL, NO_TOKEN_TYPES, 514),
     ModelType("mobilebert", "MobileBertConfig", dict(_SMALL, embedding_size=16, intra_bottleneck_size=16,
-                                                     true_hidden_size=16, num_feedforward_networks=2), BERT_INPUTS),
+                                                     true_hidden_size=16, num_feedforward_networks=2), INPUT_NAMES),
     ModelType("deberta-v2", "DebertaV2Config", dict(_SMALL, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                                    conv_kernel_size=3, position_buckets=256), BERT_INPUTS),
-    ModelType("deberta-v3", "DebertaV2Config", dict(_SMALL, **_DEBERTA_V3), BERT_INPUTS),
+                                                    conv_kernel_size=3, position_buckets=256), INPUT_NAMES),
+    ModelType("deberta-v3", "DebertaV2Config", dict(_SMALL, **_DEBERTA_V3), INPUT_NAMES),
 )
 TYPES = {t.name: t for t in MODEL_TYPES}
 
@@ -167,7 +167,8 @@ def check_model_type(name: str, work_dir: str | Path | None = None, samples: int
         expected = q.quantize()(**batch).logits.numpy()
     checks = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        onnx = export_onnx(converted, names, example_inputs(model, names, 1, 32), Path(tmp) / "int8.onnx")
+        path = artifacts.Layout(Path(tmp)).int8_onnx
+        onnx = export_onnx(converted, names, example_inputs(model, names, 1, 32), path)
         for engine_name in installed_engines():
             check = EngineCheck(engine_name)
             try:

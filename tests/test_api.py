@@ -17,7 +17,6 @@ from ptqkit.backends import FILE_ENGINES
 from ptqkit.bench import BenchConfig, Shape
 from ptqkit.config import RunConfig
 from ptqkit.errors import UserError
-from tiny import int8_kernels
 
 SEQ = 16
 
@@ -70,10 +69,10 @@ def test_export_writes_what_the_export_step_writes(quantized) -> None:
 
 
 @pytest.mark.parametrize("engine", FILE_ENGINES)
-def test_compiled_int8_computes_what_fake_quant_computes(quantized, engine: str) -> None:
+def test_compiled_int8_computes_what_fake_quant_computes(quantized, tiny, engine: str) -> None:
     qm, _, out, held_out = quantized
     int8 = ptqkit.compile(out, engine)
-    assert int8.kernels().int8 == int8_kernels(engine, qm.quantizer.config.attention_matmuls)
+    assert int8.kernels().int8 == tiny.int8_kernels(engine, qm.quantizer.config.attention_matmuls)
     reference = qm.reference()
     labels = np.concatenate([reference({k: v.numpy() for k, v in b.items()}).argmax(-1) for b in held_out])
     ev = ptqkit.evaluate(int8, held_out, labels, reference=reference)

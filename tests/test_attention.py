@@ -12,40 +12,54 @@ from ptqkit.backends import get_backend
 from ptqkit.config import QuantConfig, RunConfig
 from ptqkit.errors import UserError
 from ptqkit.export import export_onnx, export_torchscript
+from ptqkit.inputs import INPUT_NAMES
 from ptqkit.layer_error import layer_errors
 from ptqkit.passes import observer_key
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.recipe import int8_attention
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from ptqkit.sysinfo import SATURATING_ISAS, host_int8_isa
-from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
 
 LAYERS = 2
 ATTENTION_MATMULS = 2 * LAYERS
-CALIB = [make_batch(8, 16, 100 + i) for i in range(4)]
-EXAMPLE = make_batch(1, 16, seed=5)  # export shape
-EVAL = make_batch(32, 20, seed=7)  # another batch and length
 
 
 @pytest.fixture(scope="module")
-def bert():
-    return tiny_bert()
+def calib(tiny):
+    return [tiny.batch(8, 16, 100 + i) for i in range(4)]
 
 
-def quantized(model, device: str = "x86") -> Quantizer:
+@pytest.fixture(scope="module")
+def example(tiny):
+    """Export shape."""
+    return tiny.batch(1, 16, seed=5)
+
+
+@pytest.fixture(scope="module")
+def eval_batch(tiny):
+    """Another batch and length."""
+    return tiny.batch(32, 20, seed=7)
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_onnx):
+    return tiny_onnx["model"]
+
+
+def quantized(model, calib: list[dict], device: str = "x86") -> Quantizer:
     """The device's contract with attention matmuls, runtime smoothing as the pipeline applies it."""
     q = Quantizer(config=QuantConfig.for_device(device, attention_matmuls=True))
     graph = q.calib(model)
     if q.config.smooth_alpha is not None:
-        smooth_runtime(q, collect_input_absmax(model, CALIB), q.config.smooth_alpha)
-    run_calibration(graph, CALIB)
+        smooth_runtime(q, collect_input_absmax(model, calib), q.config.smooth_alpha)
+    run_calibration(graph, calib)
     q.quantize()
     return q
 
 
 @pytest.fixture(scope="module")
-def q(bert):
-    return quantized(bert)
+def q(bert, calib):
+    return quantized(bert, calib)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +68,8 @@ def converted(q, bert):
 
 
 @pytest.fixture(scope="module")
-def onnx_path(converted, tmp_path_factory):
-    return export_onnx(converted, NAMES, EXAMPLE, tmp_path_factory.mktemp("attention") / "int8.onnx")
+def onnx_path(example, converted, tmp_path_factory):
+    return export_onnx(converted, INPUT_NAMES, example, tmp_path_factory.mktemp("attention") / "int8.onnx")
 
 
 def test_operand_grids(q):
@@ -70,36 +84,36 @@ def test_operand_grids(q):
         assert float(probs.max_val) <= 1.0 and float(probs.scale) <= 1 / 255 + 1e-7
 
 
-def test_converted_model_equals_graph(q, bert, converted):
-    for batch in (EVAL, make_batch(1, 5, seed=3)):
-        assert torch.equal(logits(converted, batch), logits(q.graph, batch))
+def test_converted_model_equals_graph(eval_batch, tiny, tiny_onnx, q, bert, converted):
+    for batch in (eval_batch, tiny.batch(1, 5, seed=3)):
+        assert torch.equal(tiny.logits(converted, batch), tiny.logits(q.graph, batch))
     assert sum(type(m).__name__ == "QuantAttention" for m in converted.modules()) == LAYERS
     assert bert.config._attn_implementation == "eager"  # the float model is untouched
-    # attention quantization is on: switching it off changes the output
-    plain = Quantizer(config=QuantConfig.for_device("x86"))
-    run_calibration(plain.calib(bert), CALIB)
-    assert not torch.equal(logits(plain.quantize(), EVAL), logits(converted, EVAL))
+    # attention quantization is on: the x86 contract without it gives other outputs
+    plain = tiny_onnx["x86"].q
+    assert not plain.config.attention_matmuls
+    assert not torch.equal(tiny.logits(plain.graph, eval_batch), tiny.logits(converted, eval_batch))
 
 
-def test_one_attention_matmul_left_in_fp32(q, bert):
+def test_one_attention_matmul_left_in_fp32(eval_batch, tiny, q, bert):
     """Fallback of a single matmul point: its operands pass through, the rest stays quantized."""
     q = copy.deepcopy(q)
     q.fallback({"bert.encoder.layer.0.attention.self.qk": 1.0}, 1)
     converted = q.convert(bert)
-    assert torch.equal(logits(converted, EVAL), logits(q.graph, EVAL))
+    assert torch.equal(tiny.logits(converted, eval_batch), tiny.logits(q.graph, eval_batch))
     assert not hasattr(converted.bert.encoder.layer[0].attention.self.quant_attention, "query_scale")
 
 
-def test_state_round_trip_and_torchscript(q, bert, converted, tmp_path):
+def test_state_round_trip_and_torchscript(eval_batch, example, tiny, q, bert, converted, tmp_path):
     q.save(tmp_path / "state")
     again = Quantizer.load(tmp_path / "state", copy.deepcopy(bert)).convert(bert)
-    assert torch.equal(logits(again, EVAL), logits(converted, EVAL))
-    traced = torch.jit.load(str(export_torchscript(converted, NAMES, EXAMPLE, tmp_path / "int8.pt")))
+    assert torch.equal(tiny.logits(again, eval_batch), tiny.logits(converted, eval_batch))
+    traced = torch.jit.load(str(export_torchscript(converted, INPUT_NAMES, example, tmp_path / "int8.pt")))
     with torch.no_grad():
-        assert torch.equal(traced(*(EXAMPLE[n] for n in NAMES)), logits(converted, EXAMPLE))
+        assert torch.equal(traced(*(example[n] for n in INPUT_NAMES)), tiny.logits(converted, example))
 
 
-def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(onnx_path):
+def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(tiny, onnx_path):
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
@@ -107,7 +121,7 @@ def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(onnx_path):
     producers = {o: n for n in graph.node for o in n.output}
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     attention = [n for n in matmuls if not any(producers[i].input[0] in inits for i in n.input if i in producers)]
-    assert len(matmuls) == N_LINEARS + ATTENTION_MATMULS and len(attention) == ATTENTION_MATMULS
+    assert len(matmuls) == tiny.LINEARS + ATTENTION_MATMULS and len(attention) == ATTENTION_MATMULS
     for mm in attention:  # DequantizeLinear(QuantizeLinear(activation)) on both inputs
         for name in mm.input:
             dq = producers[name]
@@ -115,26 +129,26 @@ def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(onnx_path):
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
-def test_engines_run_int8_attention(engine, q, onnx_path):
+def test_engines_run_int8_attention(eval_batch, tiny, engine, q, onnx_path):
     runner = get_backend(engine).compile(onnx_path, 1, "int8")
     ev = runner.kernels()
     if engine == "openvino" and host_int8_isa() not in SATURATING_ISAS:
         # each attention block is one fused subgraph, run in int8 (jit_avx512_i8)
-        assert ev.details.get("AttentionSubgraph:i8") == LAYERS and ev.int8 == N_LINEARS + LAYERS, ev.details
+        assert ev.details.get("AttentionSubgraph:i8") == LAYERS and ev.int8 == tiny.LINEARS + LAYERS, ev.details
     elif engine == "openvino":  # without VNNI the plugin fuses no attention block: each matmul runs as an int8 MatMul
         assert ev.details.get("AttentionSubgraph:i8") is None and ev.fp32 == 0, ev.details
-        assert ev.int8 == N_LINEARS + ATTENTION_MATMULS, ev.details
+        assert ev.int8 == tiny.LINEARS + ATTENTION_MATMULS, ev.details
     else:  # every MatMul, attention included, became an int8 op
-        assert ev.int8 == N_LINEARS + ATTENTION_MATMULS and ev.fp32 == 0, ev.details
-    ref = logits(q.graph, EVAL).numpy()
-    out = runner({k: v.numpy() for k, v in EVAL.items()})
+        assert ev.int8 == tiny.LINEARS + ATTENTION_MATMULS and ev.fp32 == 0, ev.details
+    ref = tiny.logits(q.graph, eval_batch).numpy()
+    out = runner({k: v.numpy() for k, v in eval_batch.items()})
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
     assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
 
 
-def test_layer_report_covers_the_linears(q, bert):
-    errors = layer_errors(bert, q, CALIB[:1])
-    assert len(errors) == N_LINEARS and all(e.local_sqnr > 0 for e in errors)
+def test_layer_report_covers_the_linears(calib, tiny, q, bert):
+    errors = layer_errors(bert, q, calib[:1])
+    assert len(errors) == tiny.LINEARS and all(e.local_sqnr > 0 for e in errors)
 
 
 def test_unsupported_attention_is_a_user_error(q, bert, monkeypatch):
@@ -176,26 +190,27 @@ def test_int8_attention_auto_reads_the_host_isa_and_refuses_other_words():
 
 
 @pytest.mark.slow  # one Inductor compile: ~20-40 s on 2 cores
-def test_inductor_compiles_attention_in_fp32(converted, q):
+def test_inductor_compiles_attention_in_fp32(tiny, converted, q):
     """Inductor takes the module: its linears become int8 GEMMs; the attention fake-quant runs as fp32 math around
     fp32 batched matmuls (no int8 attention there, hence Engine.int8_attention False) and matches the graph."""
     from ptqkit.backends.inductor import InductorBackend
     from ptqkit.qmodel import LogitsOnly
 
-    runner = InductorBackend().compile(LogitsOnly(converted, NAMES), 1, "int8")
-    batch = make_batch(4, 12, seed=7)
+    runner = InductorBackend().compile(LogitsOnly(converted, INPUT_NAMES), 1, "int8")
+    batch = tiny.batch(4, 12, seed=7)
     out = runner({k: v.numpy() for k, v in batch.items()})
-    ref = logits(q.graph, batch).numpy()
+    ref = tiny.logits(q.graph, batch).numpy()
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
     ev = runner.kernels()
-    assert ev.int8 == N_LINEARS and ev.fp32 == ev.details.get("aten.bmm.default", 0) == ATTENTION_MATMULS, ev.details
+    assert ev.int8 == tiny.LINEARS, ev.details
+    assert ev.fp32 == ev.details.get("aten.bmm.default", 0) == ATTENTION_MATMULS, ev.details
 
 
-def test_inductor_qdq_form_computes_the_converted_model(converted):
+def test_inductor_qdq_form_computes_the_converted_model(eval_batch, tiny, converted):
     """Inductor's traceable rewrite (QDQAttention beside QDQLinear) computes what the converted model computes."""
     from ptqkit.backends.inductor_qdq import QDQAttention, to_qdq_module
 
     qdq = to_qdq_module(converted)
     assert sum(isinstance(m, QDQAttention) for m in qdq.modules()) == LAYERS
-    ref = logits(converted, EVAL).numpy()
-    np.testing.assert_allclose(logits(qdq, EVAL).numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    ref = tiny.logits(converted, eval_batch).numpy()
+    np.testing.assert_allclose(tiny.logits(qdq, eval_batch).numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())

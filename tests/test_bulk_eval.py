@@ -11,23 +11,14 @@ import pytest
 
 from ptqkit.backends import get_backend
 from ptqkit.bulk_eval import EvalConfig, run_eval
-from ptqkit.config import RunConfig
-from ptqkit.data import calibration_batches
 from ptqkit.errors import UserError
-from ptqkit.export import export_artifacts
-from ptqkit.loading import load
-from ptqkit.recipe import calibrate
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory, tiny_model_dir: Path, write_csv) -> Path:
-    d = tmp_path_factory.mktemp("bulk")
-    cfg = RunConfig(model=str(tiny_model_dir), train_file=str(write_csv(d / "train.csv", 80, 0)),
-                    validation_file=str(write_csv(d / "val.csv", 8, 1)), batch_size=8, max_seq_len=32)
-    ld = load(cfg)
-    q, _ = calibrate(ld, cfg, calibration_batches(ld.task, ld.tokenizer, 2, 8, 32))
-    export_artifacts(ld.model, q.convert(ld.model), ld.input_names, d)
-    return d
+def artefacts(tiny_run) -> Path:
+    """bert_ptq.py's output dir of a tiny model (the fp32 and int8 ONNX files evaluate.py compares)."""
+    cfg, _ = tiny_run
+    return Path(cfg.output_dir)
 
 
 def _cfg(artefacts: Path, tiny_model_dir: Path, path: Path, out: Path, **kw) -> EvalConfig:

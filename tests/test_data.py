@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ptqkit.data import (DEFAULT_TASK, Example, TaskData, check_labels, encode, fit_labels, load_rotten_tomatoes, load_task,
-                         pad_batch, split_train)
+from ptqkit.data import DEFAULT_TASK, Example, TaskData, encode, load_rotten_tomatoes, pad_batch, split_train
+from ptqkit.tasks import check_labels, load_task
+from ptqkit.user_files import fit_labels
 from ptqkit.errors import UserError
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import errno
 import json
 import os
@@ -18,7 +19,6 @@ import pytest
 from ptqkit import artifacts, models
 from ptqkit.data import TaskData
 from ptqkit.errors import UserError
-from tiny import make_batch, tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = TaskData(name="rotten_tomatoes", train=[], validation=[], num_labels=2, metrics=("accuracy",))
@@ -263,24 +263,24 @@ def test_no_unpickling_in_source():
 
 # --- calibration and pipeline-level cases ------------------------------------------------------------------------
 
-def test_nan_activation_names_the_layer():
+def test_nan_activation_names_the_layer(tiny):
     import torch
 
     from ptqkit.quantizer import Quantizer, run_calibration
 
-    model = tiny_bert()
+    model = tiny.bert()
     with torch.no_grad():
         model.bert.encoder.layer[1].intermediate.dense.bias[0] = float("nan")
     q = Quantizer("x86")
     with pytest.raises(UserError, match=r"calibration batch 1: observer 'bert\.encoder\.layer\.1\.output\.dense:input'.*NaN/inf"):
-        run_calibration(q.calib(model), [make_batch(4, 12, 0)])
+        run_calibration(q.calib(model), [tiny.batch(4, 12, 0)])
 
 
-def test_observer_never_fed_is_reported():
+def test_observer_never_fed_is_reported(tiny):
     from ptqkit.quantizer import Quantizer
 
     q = Quantizer("x86")
-    q.calib(tiny_bert())  # no calibration batch at all
+    q.calib(tiny.bert())  # no calibration batch at all
     with pytest.raises(UserError, match=r"never fed .*layer not reached"):
         q.quantize()
 
@@ -322,16 +322,16 @@ def test_labels_outside_model_label_count(tmp_path: Path, tiny_model_dir: Path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_interrupted_export_keeps_previous_artefact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_interrupted_export_keeps_previous_artefact(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Ctrl-C mid-export: the previous complete ONNX stays, no temp file is left."""
     import torch
 
     from ptqkit import export
 
-    model = tiny_bert()
+    model = tiny.bert()
     target = tmp_path / "model.onnx"
     names = ("input_ids", "attention_mask", "token_type_ids")
-    export.export_onnx(model, names, make_batch(1, 16, 0), target)
+    export.export_onnx(model, names, tiny.batch(1, 16, 0), target)
     good = target.read_bytes()
 
     def interrupted(*args, **kwargs):
@@ -340,30 +340,29 @@ def test_interrupted_export_keeps_previous_artefact(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(torch.onnx, "export", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export.export_onnx(model, names, make_batch(1, 16, 0), target)
+        export.export_onnx(model, names, tiny.batch(1, 16, 0), target)
     assert target.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-def test_interrupted_save_keeps_the_previous_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_interrupted_save_keeps_the_previous_state(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Ctrl-C inside Quantizer.save, after the new observer statistics were written but before the JSON: the
     previous complete state stays byte for byte and loads with its own statistics; no temp dir is left."""
     import torch
 
     from ptqkit.quantizer import Quantizer, run_calibration
 
-    model = tiny_bert()
-
-    def calibrated(seed: int) -> Quantizer:
-        q = Quantizer("x86")
-        run_calibration(q.calib(model), [make_batch(4, 12, seed)])
-        q.quantize()
-        return q
+    model = tiny.bert()
+    old = Quantizer("x86")
+    run_calibration(old.calib(model), [tiny.batch(4, 12, 0)])
+    new = copy.deepcopy(old)  # one capture for both: new sees one more batch
+    run_calibration(new.graph, [tiny.batch(4, 12, 1)])
+    old.quantize()
+    new.quantize()
 
     def statistics(q: Quantizer) -> dict[str, torch.Tensor]:
         return {f"{k}.{b}": t for k, o in q.observers().items() for b, t in o.state_dict().items()}
 
-    old, new = calibrated(0), calibrated(1)
     assert any(not torch.equal(t, statistics(new)[k]) for k, t in statistics(old).items())  # a change would show
     old.save(tmp_path / "state")
     before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}

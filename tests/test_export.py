@@ -6,35 +6,44 @@ import pytest
 import torch
 
 from ptqkit.export import export_onnx, export_torchscript
+from ptqkit.inputs import INPUT_NAMES
 from ptqkit.passes import observer_key
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
-from tiny import N_LINEARS, NAMES, logits, make_batch, tiny_bert
-
-
-
-EXPORT_EXAMPLE = make_batch(1, 16, seed=5)  # ONNX is traced at batch 1, seq 16
-OTHER_SHAPE = make_batch(32, 20, seed=7)  # ...and run at another batch and length
 
 
 @pytest.fixture(scope="module")
-def bert():
-    return tiny_bert()
+def export_example(tiny):
+    """ONNX is traced at batch 1, seq 16."""
+    return tiny.batch(1, 16, seed=5)
+
+
+@pytest.fixture(scope="module")
+def other_shape(tiny):
+    """Another batch and length to run the traced ONNX at."""
+    return tiny.batch(32, 20, seed=7)
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_onnx):
+    return tiny_onnx["model"]
 
 
 @pytest.fixture(scope="module", params=["x86", "aarch64", "x86-smoothed"])
-def quantized(request, bert, tmp_path_factory):
+def quantized(export_example, tiny, tiny_onnx, request, bert, tmp_path_factory):
     """(device, quantizer, eager fake-quant model, int8 ONNX path) per device contract (plus runtime smoothing)."""
     device = request.param.split("-")[0]
+    if not request.param.endswith("smoothed"):
+        shared = tiny_onnx[device]
+        return device, shared.q, shared.converted, shared.path
     q = Quantizer(device)
-    batches = [make_batch(8, 16, 100 + i) for i in range(4)]
+    batches = [tiny.batch(8, 16, 100 + i) for i in range(4)]
     graph = q.calib(bert)
-    if request.param.endswith("smoothed"):
-        smooth_runtime(q, collect_input_absmax(bert, batches), 0.8)
+    smooth_runtime(q, collect_input_absmax(bert, batches), 0.8)
     run_calibration(graph, batches)
     q.quantize()
     eager = q.convert(bert)
-    path = export_onnx(eager, NAMES, EXPORT_EXAMPLE, tmp_path_factory.mktemp(request.param) / "int8.onnx")
+    path = export_onnx(eager, INPUT_NAMES, export_example, tmp_path_factory.mktemp(request.param) / "int8.onnx")
     return device, q, eager, path
 
 
@@ -57,26 +66,26 @@ def _axis(node):
     return next((a.i for a in node.attribute if a.name == "axis"), None)
 
 
-def test_converted_model_equals_graph(quantized):
+def test_converted_model_equals_graph(other_shape, tiny, quantized):
     _, q, eager, _ = quantized
-    for batch in (OTHER_SHAPE, make_batch(1, 5, seed=3)):
-        assert torch.equal(logits(eager, batch), logits(q.graph, batch))
-    assert sum(type(m).__name__ == "QuantLinear" for m in eager.modules()) == N_LINEARS
+    for batch in (other_shape, tiny.batch(1, 5, seed=3)):
+        assert torch.equal(tiny.logits(eager, batch), tiny.logits(q.graph, batch))
+    assert sum(type(m).__name__ == "QuantLinear" for m in eager.modules()) == tiny.LINEARS
 
 
-def test_torchscript_round_trip(quantized, tmp_path):
+def test_torchscript_round_trip(tiny, quantized, tmp_path):
     _, _, eager, _ = quantized
-    example = make_batch(2, 16, seed=9)
-    path = export_torchscript(eager, NAMES, example, tmp_path / "int8.pt")
+    example = tiny.batch(2, 16, seed=9)
+    path = export_torchscript(eager, INPUT_NAMES, example, tmp_path / "int8.pt")
     loaded = torch.jit.load(str(path))
-    probe = make_batch(2, 16, seed=11)  # the traced shape, other values
+    probe = tiny.batch(2, 16, seed=11)  # the traced shape, other values
     for batch in (example, probe):
         with torch.no_grad():
-            out = loaded(*(batch[n] for n in NAMES))
-        assert torch.equal(out, logits(eager, batch))
+            out = loaded(*(batch[n] for n in INPUT_NAMES))
+        assert torch.equal(out, tiny.logits(eager, batch))
 
 
-def test_torchscript_export_prints_no_loss_warning(quantized, tmp_path):
+def test_torchscript_export_prints_no_loss_warning(tiny, quantized, tmp_path):
     """jit.trace's attribute walk read transformers' loss_function property, which printed a warning about a
     causal-LM loss into every main run; the export keeps transformers' logger quiet and restores its level."""
     import logging
@@ -92,7 +101,7 @@ def test_torchscript_export_prints_no_loss_warning(quantized, tmp_path):
     level = hf_logging.get_verbosity()
     root.addHandler(handler)
     try:
-        export_torchscript(eager, NAMES, make_batch(1, 8, seed=2), tmp_path / "int8.pt")
+        export_torchscript(eager, INPUT_NAMES, tiny.batch(1, 8, seed=2), tmp_path / "int8.pt")
     finally:
         root.removeHandler(handler)
     assert not [r for r in records if "loss_type" in r.getMessage()]
@@ -109,7 +118,7 @@ def _out_axis(consumer, input_index: int) -> int:
     return 0 if trans_b else 1
 
 
-def test_onnx_qdq_structure(quantized, bert):
+def test_onnx_qdq_structure(tiny, quantized, bert):
     import onnx
     from onnx import numpy_helper
 
@@ -118,7 +127,7 @@ def test_onnx_qdq_structure(quantized, bert):
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
     # weights are stored as int8 integers (DequantizeLinear only); activations get QuantizeLinear + DequantizeLinear
-    assert ops.count("QuantizeLinear") == N_LINEARS and ops.count("DequantizeLinear") == 2 * N_LINEARS
+    assert ops.count("QuantizeLinear") == tiny.LINEARS and ops.count("DequantizeLinear") == 2 * tiny.LINEARS
     inits = {i.name: i for i in model.graph.initializer}
     assert not any(n.op_type == "Identity" and n.input[0] in inits for n in model.graph.node)  # inlined
     consumers = {}
@@ -127,7 +136,7 @@ def test_onnx_qdq_structure(quantized, bert):
             consumers.setdefault(name, []).append((n, i))
 
     weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
-    assert len(weight_dq) == N_LINEARS
+    assert len(weight_dq) == tiny.LINEARS
     for point, dq in zip(q.points, weight_dq):  # graph order is forward order
         out_features = bert.get_submodule(point.name).out_features
         ((mm, index),) = consumers[dq.output[0]]  # DequantizeLinear feeds the GEMM directly (no Transpose)
@@ -147,7 +156,7 @@ def test_onnx_qdq_structure(quantized, bert):
         fq = eager.get_submodule(point.name).quantized_weight().detach().numpy()
         np.testing.assert_array_equal(ints.astype(np.float32) * scale.reshape(shape), fq)
     act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    assert len(act_q) == N_LINEARS and not any(n.input[0] in inits for n in act_q)
+    assert len(act_q) == tiny.LINEARS and not any(n.input[0] in inits for n in act_q)
     producers = {o: n for n in model.graph.node for o in n.output}
     for point, qn in zip(q.points, act_q):
         obs = q.observers()[observer_key(point.name, "input")]
@@ -160,19 +169,19 @@ def test_onnx_qdq_structure(quantized, bert):
             np.testing.assert_array_equal(_const(model, mul.input[1]), obs.channel_mul.numpy())
 
 
-def test_onnx_dynamic_axes_run_in_onnxruntime(quantized):
+def test_onnx_dynamic_axes_run_in_onnxruntime(other_shape, tiny, quantized):
     import onnx
     import onnxruntime as ort
 
     _, q, _, path = quantized
     graph_inputs = onnx.load(str(path)).graph.input
-    assert [i.name for i in graph_inputs] == list(NAMES)
+    assert [i.name for i in graph_inputs] == list(INPUT_NAMES)
     for i in graph_inputs:
         dims = i.type.tensor_type.shape.dim
         assert [d.dim_param for d in dims] == ["batch", "seq_len"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ref = logits(q.graph, OTHER_SHAPE).numpy()
-    out = session.run(None, {k: v.numpy() for k, v in OTHER_SHAPE.items()})[0]
+    ref = tiny.logits(q.graph, other_shape).numpy()
+    out = session.run(None, {k: v.numpy() for k, v in other_shape.items()})[0]
     assert out.shape == ref.shape == (32, 2)
     assert np.abs(out - ref).max() < 1e-4  # same QDQ arithmetic; measured ~2e-7
     assert (out.argmax(1) == ref.argmax(1)).all()

@@ -15,10 +15,7 @@ import torch
 from onnx import numpy_helper
 
 from ptqkit.config import QuantConfig, QuantSpec
-from ptqkit.export import export_onnx
-from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.sysinfo import classify_int8_isa, cpu_info, host_int8_isa
-from tiny import NAMES, logits, make_batch, tiny_bert
 
 REPO = Path(__file__).resolve().parent.parent
 X86 = platform.machine() in ("x86_64", "AMD64")
@@ -82,21 +79,16 @@ def test_contract_rejects_an_isa_of_the_other_architecture():
 
 
 @pytest.fixture(scope="module")
-def seven_bit(tmp_path_factory):
+def seven_bit(tiny_contracts):
     """The avx2 contract on the tiny model: quantizer, eager fake-quant model, exported QDQ ONNX."""
-    model = tiny_bert()
-    q = Quantizer(config=QuantConfig.for_device("x86", isa="avx2"))
-    run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
-    q.quantize()
-    eager = q.convert(model)
-    path = export_onnx(eager, NAMES, make_batch(1, 16, 5), tmp_path_factory.mktemp("avx2") / "int8.onnx")
-    return q, eager, path
+    avx2 = tiny_contracts["avx2"]
+    return avx2.q, avx2.converted, avx2.path
 
 
-def test_seven_bit_weights_fit_the_non_saturating_range(seven_bit):
+def test_seven_bit_weights_fit_the_non_saturating_range(tiny, seven_bit):
     q, eager, path = seven_bit
-    batch = make_batch(4, 20, seed=9)
-    assert torch.equal(logits(eager, batch), logits(q.graph, batch))
+    batch = tiny.batch(4, 20, seed=9)
+    assert torch.equal(tiny.logits(eager, batch), tiny.logits(q.graph, batch))
     graph = onnx.load(str(path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
@@ -109,20 +101,18 @@ def test_seven_bit_weights_fit_the_non_saturating_range(seven_bit):
     assert act_q and all(inits[n.input[2]].dtype == "uint8" for n in act_q)  # u8 x 7-bit pair sums fit 16 bits
 
 
-def contract_models(directory: Path, isas: tuple[str, ...]) -> tuple[dict[str, str], Path]:
-    """The tiny model under each ISA's x86 contract, exported as QDQ ONNX with its fake-quant logits beside it
+@pytest.fixture(scope="module")
+def contract_models(tiny, tiny_contracts, tmp_path_factory) -> tuple[dict[str, str], Path]:
+    """The tiny model under the AVX2 and the VNNI x86 contract as QDQ ONNX, with its fake-quant logits beside each
     (PATH.ref.npy) on one batch (saved as inputs.npz): what a process on a simulated or emulated CPU checks."""
-    model, batch = tiny_bert(), make_batch(32, 20, seed=7)
+    inputs = tmp_path_factory.mktemp("contracts") / "inputs.npz"
+    batch = tiny.batch(32, 20, seed=7)
     models = {}
-    for isa in isas:
-        q = Quantizer(config=QuantConfig.for_device("x86", isa=isa))
-        run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(4)])
-        q.quantize()
-        path = export_onnx(q.convert(model), NAMES, make_batch(1, 16, 5), directory / f"{isa}.onnx")
-        np.save(str(path) + ".ref.npy", logits(q.graph, batch).numpy())
-        models[isa] = str(path)
-    np.savez(directory / "inputs.npz", **{k: v.numpy() for k, v in batch.items()})
-    return models, directory / "inputs.npz"
+    for isa, int8 in tiny_contracts.items():
+        np.save(str(int8.path) + ".ref.npy", tiny.logits(int8.q.graph, batch).numpy())
+        models[isa] = str(int8.path)
+    np.savez(inputs, **{k: v.numpy() for k, v in batch.items()})
+    return models, inputs
 
 
 def test_the_contract_follows_the_host_isa():
@@ -146,11 +136,11 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(not X86, reason="ONEDNN_MAX_CPU_ISA simulates x86 ISA levels")
-def test_simulated_avx2_openvino_matches_fake_quant(tmp_path):
+def test_simulated_avx2_openvino_matches_fake_quant(contract_models):
     """OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 runs the saturating AVX2 kernels: the contract such a host gets
     (7-bit weights) stays exact there, while the full-range contract of VNNI CPUs does not (the failure this
     contract prevents). Only the engine runs under the cap: a torch-free process on the exported files."""
-    models, inputs = contract_models(tmp_path, ("avx2", "avx512_vnni"))
+    models, inputs = contract_models
     code = SIMULATED.format(inputs=str(inputs), models=models)
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -182,7 +172,7 @@ def _qemu() -> str | None:
 
 
 @pytest.mark.skipif(not X86, reason="x86 user-mode emulation of an AVX2 CPU")
-def test_emulated_avx2_onnxruntime_matches_fake_quant(tmp_path):
+def test_emulated_avx2_onnxruntime_matches_fake_quant(contract_models):
     """ONNX Runtime's MLAS picks kernels from CPUID and ignores every cap, so an AVX2-only CPU is emulated with
     qemu-user (-cpu Haswell): there the AVX2 contract is exact and the VNNI contract saturates."""
     qemu = _qemu()
@@ -190,7 +180,7 @@ def test_emulated_avx2_onnxruntime_matches_fake_quant(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("CI must install qemu-user-static (.ci/run does) to check ONNX Runtime's AVX2 kernels")
         pytest.skip("qemu-user-static is not installed (apt-get install qemu-user-static)")
-    models, inputs = contract_models(tmp_path, ("avx2", "avx512_vnni"))
+    models, inputs = contract_models
     code = EMULATED.format(inputs=str(inputs), models=models)
     res = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

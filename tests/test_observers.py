@@ -9,7 +9,8 @@ import safetensors.torch as safetensors
 import torch
 
 from ptqkit.config import QuantSpec
-from ptqkit.observers import EPS, LSQQuantizer, Observer
+from ptqkit.lsq import LSQQuantizer
+from ptqkit.observers import EPS, Observer
 from ptqkit.qmodel import fake_quantize
 
 

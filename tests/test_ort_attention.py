@@ -12,9 +12,9 @@ from ptqkit.backends.ort_attention import to_multihead_attention
 from ptqkit.capture import example_inputs, model_input_names
 from ptqkit.config import QuantConfig
 from ptqkit.export import export_onnx
+from ptqkit.inputs import INPUT_NAMES
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.support import MODEL_TYPES, TYPES, random_batch, tiny_classifier
-from tiny import NAMES, make_batch, tiny_bert
 
 LAYERS = 2
 
@@ -24,17 +24,19 @@ def _run(backend: ORTBackend, path, batch: dict) -> tuple[np.ndarray, dict]:
     return runner({k: v.numpy() for k, v in batch.items()}), runner.kernels().details
 
 
-def _int8(model, names, attention: bool, path):
-    q = Quantizer(config=QuantConfig.for_device("x86", attention_matmuls=attention))
-    run_calibration(q.calib(model, names), [make_batch(8, 16, 100 + i, names) for i in range(2)])
+def _int8_attention(tiny, path):
+    """The x86 contract with int8 attention on the tiny model, calibrated on two batches and exported."""
+    model = tiny.bert()
+    q = Quantizer(config=QuantConfig.for_device("x86", attention_matmuls=True))
+    run_calibration(q.calib(model), [tiny.batch(8, 16, 100 + i) for i in range(2)])
     q.quantize()
-    return export_onnx(q.convert(model), names, make_batch(1, 16, 5, names), path)
+    return export_onnx(q.convert(model), INPUT_NAMES, tiny.batch(1, 16, 5), path)
 
 
 @pytest.mark.parametrize("attention", [False, True])
-def test_int8_model_runs_multihead_attention_only_for_float_attention(attention, tmp_path):
-    path = _int8(tiny_bert(), NAMES, attention, tmp_path / "int8.onnx")
-    batch = make_batch(6, 20, seed=3)  # odd rows padded: the mask reaches MultiHeadAttention as attention_bias
+def test_int8_model_runs_multihead_attention_only_for_float_attention(tiny, tiny_onnx, attention, tmp_path):
+    path = _int8_attention(tiny, tmp_path / "int8.onnx") if attention else tiny_onnx["x86"].path
+    batch = tiny.batch(6, 20, seed=3)  # odd rows padded: the mask reaches MultiHeadAttention as attention_bias
     fused, kernels = _run(ORTBackend(), path, batch)
     plain, plain_kernels = _run(ORTBackend(fuse_attention=False), path, batch)
     assert "MultiHeadAttention" not in plain_kernels

@@ -2,6 +2,7 @@
 --backend auto selection rule on engines with set speeds and agreements."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -21,15 +22,14 @@ from ptqkit.loading import load
 from ptqkit.pipeline import run
 from ptqkit.recipe import auto_fallback, calibrate
 from ptqkit.stages import Stages
-from tiny import ATTENTION_KERNELS, N_ATTENTION_POINTS, N_LINEARS
 
 REPO = Path(__file__).resolve().parent.parent
 VNNI_ISAS = ("avx_vnni", "avx512_vnni", "amx")  # x86 int8 levels whose pair sums do not saturate
 
 
-def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
-    rep = run(user_cfg)
-    out = Path(user_cfg.output_dir)
+def test_run_writes_reports_with_kernel_evidence(tiny, tiny_run: tuple[RunConfig, dict]) -> None:
+    cfg, rep = tiny_run
+    out = Path(cfg.output_dir)
     for name in ("report.json", "report.md", "report.png", "model_fp32.onnx", "model_int8_qdq.onnx",
                  "model_int8_fakequant.pt", "quant_state/quant_state.json", "quant_state/observers.safetensors"):
         assert (out / name).is_file(), name
@@ -43,8 +43,8 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     # --int8-attention auto under --backend auto: on where x86 has VNNI, off where 16-bit pair sums saturate
     attention = rep["quantization"]["config"]["attention_matmuls"]
     assert attention == (rep["cpu"]["int8_isa"] in VNNI_ISAS)
-    extra = ATTENTION_KERNELS if attention else dict.fromkeys(ATTENTION_KERNELS, 0)
-    assert all(c["int8_kernels"] == N_LINEARS + extra[c["engine"]] for c in cands.values()), cands
+    extra = tiny.ATTENTION_KERNELS if attention else dict.fromkeys(tiny.ATTENTION_KERNELS, 0)
+    assert all(c["int8_kernels"] == tiny.LINEARS + extra[c["engine"]] for c in cands.values()), cands
     for c in cands.values():  # the rule itself is test_selection_*'s, on fixed inputs; here: every candidate was timed
         assert c["median_ms"] > 0 and c["engine_fp32_ms"] > 0 and isinstance(c["eligible"], bool), c
         if "not_checked" in c:  # slower than an eligible candidate, or unable to win: never checked
@@ -59,8 +59,8 @@ def test_run_writes_reports_with_kernel_evidence(user_cfg: RunConfig) -> None:
     ours = by_name[sel["chosen"]]
     engine = cands[sel["chosen"]]["engine"]
     assert [v["name"] for v in rep["variants"][:4]] == ["pytorch-fp32", "pytorch-fakequant", f"{engine}-fp32", sel["chosen"]]
-    assert rep["quantization"]["points"] == N_LINEARS + (N_ATTENTION_POINTS if attention else 0)
-    assert ours["int8_kernels"] == N_LINEARS + extra[engine]
+    assert rep["quantization"]["points"] == tiny.LINEARS + (tiny.ATTENTION_POINTS if attention else 0)
+    assert ours["int8_kernels"] == tiny.LINEARS + extra[engine]
     assert by_name[f"{engine}-fp32"]["int8_kernels"] == 0
     assert ours["agreement_with_fakequant"] >= 0.9
     assert rep["cpu"]["int8_isa"] == rep["quantization"]["config"]["isa"]
@@ -193,15 +193,22 @@ def test_selection_with_no_working_engine_fails(fake_clock, monkeypatch) -> None
         _select([SetEngine(fake_clock, "a", 1.0, {"int8": (1.0, 0, 1)}, broken=True)], fake_clock, monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def calibrated(user_cfg: RunConfig):
+    """(loaded, calibration batches, quantizer) of the pipeline's calibration on user_cfg: copy the quantizer."""
+    ld = load(user_cfg)
+    calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
+    q, _ = calibrate(ld, user_cfg, calib)
+    return ld, calib, q
+
+
 @pytest.mark.parametrize("budget, everything", [(100.0, False), (-101.0, True)])
-def test_auto_fallback_extremes(user_cfg: RunConfig, budget: float, everything: bool) -> None:
+def test_auto_fallback_extremes(user_cfg: RunConfig, calibrated, budget: float, everything: bool) -> None:
     """A loose budget keeps every layer int8; an impossible one leaves every point (attention matmuls included)
     in fp32."""
-    cfg = replace(user_cfg)
-    ld = load(cfg)
-    calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
-    q, _ = calibrate(ld, cfg, calib)
-    auto_fallback(q, ld, replace(cfg, max_accuracy_drop=budget), calib, holdout_size=40)
+    ld, calib, q = calibrated
+    q = copy.deepcopy(q)
+    auto_fallback(q, ld, replace(user_cfg, max_accuracy_drop=budget), calib, holdout_size=40)
     expected = len(q.points) if everything else 0
     assert len(q.fallback_layers) == expected
     assert len(q.quantized_points()) == len(q.points) - expected

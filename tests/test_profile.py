@@ -10,13 +10,11 @@ from ptqkit import peers, roofline
 from ptqkit.backends import FILE_ENGINES, get_backend
 from ptqkit.backends.base import OP_KINDS
 from ptqkit.backends.openvino import op_kind
+from ptqkit.inputs import INPUT_NAMES
 from ptqkit.sysinfo import onednn_bf16_capped
 from ptqkit.backends.pytorch import TorchRunner, eager_profiler, event_kind
 from ptqkit.bench import Shape, synthetic_inputs
-from ptqkit.export import export_onnx
 from ptqkit.profile import profile_cell
-from ptqkit.quantizer import Quantizer, run_calibration
-from tiny import NAMES, make_batch, tiny_bert
 
 # growing and shrinking batch and length: a runner must follow shape changes between calls
 SHAPES = ((1, 16), (4, 40), (2, 8), (1, 64), (3, 16), (1, 16))
@@ -27,17 +25,9 @@ CAPPED_BF16 = pytest.mark.skipif(onednn_bf16_capped(),
 
 
 @pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory) -> dict[str, tuple]:
-    out = tmp_path_factory.mktemp("profile")
-    model = tiny_bert()
-    example = make_batch(1, 16, seed=5)
-    files = {"fp32": export_onnx(model, NAMES, example, out / "fp32.onnx")}
-    for device in ("x86", "aarch64"):
-        q = Quantizer(device)
-        run_calibration(q.calib(model), [make_batch(8, 16, 100 + i) for i in range(2)])
-        q.quantize()
-        files[device] = export_onnx(q.convert(model), NAMES, example, out / f"int8-{device}.onnx")
-    return files
+def onnx_files(tiny_onnx) -> dict:
+    """ONNX paths: "fp32", and int8 under the "x86" and the "aarch64" contract."""
+    return {name: tiny_onnx["fp32"] if name == "fp32" else tiny_onnx[name].path for name in ("fp32", "x86", "aarch64")}
 
 
 def _plain(engine: str, path, precision: str):
@@ -53,13 +43,13 @@ def _plain(engine: str, path, precision: str):
 
 @pytest.mark.parametrize("engine", FILE_ENGINES)
 @pytest.mark.parametrize("model", ["fp32", "x86"])
-def test_zero_copy_runner_equals_plain_call_across_shapes(engine, model, onnx_files):
+def test_zero_copy_runner_equals_plain_call_across_shapes(tiny, engine, model, onnx_files):
     precision = "fp32" if model == "fp32" else "int8"
     runner = get_backend(engine).compile(onnx_files[model], 1, precision)
     plain = _plain(engine, onnx_files[model], precision)
     kept = []
     for i, (b, s) in enumerate(SHAPES):
-        inputs = {k: v.numpy() for k, v in make_batch(b, s, seed=i).items()}
+        inputs = {k: v.numpy() for k, v in tiny.batch(b, s, seed=i).items()}
         out = runner(inputs)
         np.testing.assert_array_equal(out, plain(inputs))
         kept.append((out, out.copy()))
@@ -68,9 +58,9 @@ def test_zero_copy_runner_equals_plain_call_across_shapes(engine, model, onnx_fi
         np.testing.assert_array_equal(out, snapshot)
 
 
-def test_openvino_runner_reads_non_contiguous_inputs(onnx_files):
+def test_openvino_runner_reads_non_contiguous_inputs(tiny, onnx_files):
     runner = get_backend("openvino").compile(onnx_files["x86"], 1, "int8")
-    inputs = {k: v.numpy() for k, v in make_batch(4, 16, seed=3).items()}
+    inputs = {k: v.numpy() for k, v in tiny.batch(4, 16, seed=3).items()}
     strided = {k: np.asfortranarray(v) for k, v in inputs.items()}
     np.testing.assert_array_equal(runner(strided), runner(inputs))
 
@@ -80,7 +70,7 @@ def test_openvino_runner_reads_non_contiguous_inputs(onnx_files):
 def test_op_times_split_by_kind(engine, model, onnx_files):
     precision = "fp32" if model == "fp32" else "int8"
     backend = get_backend(engine)
-    inputs = synthetic_inputs(Shape(2, 32), 100, NAMES)
+    inputs = synthetic_inputs(Shape(2, 32), 100, INPUT_NAMES)
     between = []
     calls = backend.op_times(onnx_files[model], 1, precision, inputs, 3, lambda: between.append(1))
     assert len(calls) == 3 and len(between) == 3  # the timed runner gets one call after each profiled one
@@ -96,15 +86,15 @@ def test_op_times_split_by_kind(engine, model, onnx_files):
 
 
 @CAPPED_BF16
-def test_openvino_books_every_fully_connected_executor_as_gemm(onnx_files, tmp_path):
+def test_openvino_books_every_fully_connected_executor_as_gemm(tiny, onnx_files, tmp_path):
     """NNCF's int8 model runs some linears on an executor the performance counters call
     FullyConnectedQuantizedLegacy (the runtime model calls it FullyConnected): those are weight GEMMs too."""
     import openvino as ov
 
-    peer = peers.nncf_int8(onnx_files["fp32"], [make_batch(8, 16, 100 + i) for i in range(2)], tmp_path)
+    peer = peers.nncf_int8(onnx_files["fp32"], [tiny.batch(8, 16, 100 + i) for i in range(2)], tmp_path)
     compiled = ov.Core().compile_model(peer.artefact, "CPU", {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1})
     request = compiled.create_infer_request()
-    request.infer({k: v.numpy() for k, v in make_batch(2, 32, seed=1).items()})
+    request.infer({k: v.numpy() for k, v in tiny.batch(2, 32, seed=1).items()})
     executed = {i.node_type for i in request.profiling_info if i.status == i.Status.EXECUTED}
     fully_connected = {t for t in executed if t.startswith("FullyConnected")}
     assert "FullyConnectedQuantizedLegacy" in fully_connected, executed
@@ -114,19 +104,19 @@ def test_openvino_books_every_fully_connected_executor_as_gemm(onnx_files, tmp_p
 
 @CAPPED_BF16
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="aarch64 peers keep the f32 hint (f16 default)")
-def test_nncf_peer_runs_as_a_plain_compile_would(onnx_files, tmp_path):
+def test_nncf_peer_runs_as_a_plain_compile_would(tiny, onnx_files, tmp_path):
     """NNCF's users compile its model with `core.compile_model(xml, "CPU")`: the peer must run at that default
     inference precision (bf16 outside int8 on CPUs with bf16), not at the f32 hint of our "int8" variant, which
     made it up to 14% slower than its users see it (1x512, AMD EPYC with avx512_bf16)."""
     import openvino as ov
 
-    peer = peers.nncf_int8(onnx_files["fp32"], [make_batch(8, 16, 100 + i) for i in range(2)], tmp_path)
+    peer = peers.nncf_int8(onnx_files["fp32"], [tiny.batch(8, 16, 100 + i) for i in range(2)], tmp_path)
     plain = ov.Core().compile_model(peer.artefact, "CPU", {"INFERENCE_NUM_THREADS": 1})
     runner = peer.build(1)
     default = plain.get_property("INFERENCE_PRECISION_HINT")
     assert runner.compiled.get_property("INFERENCE_PRECISION_HINT") == default
     assert peer.precision == ("int8-bf16" if default == ov.Type.bf16 else "int8")
-    inputs = {k: v.numpy() for k, v in make_batch(2, 32, seed=3).items()}
+    inputs = {k: v.numpy() for k, v in tiny.batch(2, 32, seed=3).items()}
     np.testing.assert_allclose(runner(inputs), plain(inputs)[0], rtol=0, atol=1e-5)
 
 
@@ -146,20 +136,21 @@ def test_openvino_default_precision_follows_a_bf16_cap(onnx_files, monkeypatch):
 
 
 @pytest.mark.parametrize("model", ["fp32", "dynamic-int8"])
-def test_eager_op_times_split_by_kind(model):
+def test_eager_op_times_split_by_kind(tiny, model):
     """torch.profiler's top-level aten ops of an eager call, by kind: linears (float or torch.ao dynamic int8),
     attention matmuls and softmax, LayerNorm/GELU/adds; Python between them is left to outside."""
-    module = tiny_bert()
+    module = tiny.bert()
     if model == "dynamic-int8":
-        module = peers.pytorch_dynamic_int8(module, NAMES).build(1).model
-    inputs = synthetic_inputs(Shape(2, 32), 100, NAMES)
+        module = peers.pytorch_dynamic_int8(module, INPUT_NAMES).build(1).model
+    inputs = synthetic_inputs(Shape(2, 32), 100, INPUT_NAMES)
     between = []
-    calls = eager_profiler(module, NAMES)(1, inputs, 3, lambda: between.append(1))
+    calls = eager_profiler(module, INPUT_NAMES)(1, inputs, 3, lambda: between.append(1))
     assert len(calls) == 3 and len(between) == 3
     for c in calls:
         assert set(c) == set(OP_KINDS)
         assert c["gemm"] > 0 and c["attention"] > 0 and c["norm_act"] > 0, c
-    cell = profile_cell(eager_profiler(module, NAMES), TorchRunner(module, NAMES, 1), inputs, Shape(2, 32), 1, 3)
+    runner = TorchRunner(module, INPUT_NAMES, 1)
+    cell = profile_cell(eager_profiler(module, INPUT_NAMES), runner, inputs, Shape(2, 32), 1, 3)
     assert all(0 < cell[k] <= cell["engine"] for k in ("gemm", "attention", "norm_act"))
     assert cell["outside"] >= 0 and cell["end_to_end"] > 0
 

@@ -9,11 +9,12 @@ import torch
 from ptqkit.capture import CaptureError, capture, model_input_names
 from ptqkit.config import QuantConfig
 from ptqkit.errors import UserError
-from ptqkit.observers import LSQQuantizer, Observer
+from ptqkit.inputs import INPUT_NAMES
+from ptqkit.lsq import LSQQuantizer
+from ptqkit.observers import Observer
 from ptqkit.passes import OBSERVERS_ATTR, find_quant_points, observer_key
 from ptqkit.quantizer import Quantizer, run_calibration
 from ptqkit.sysinfo import SATURATING_ISAS
-from tiny import NAMES as BERT_INPUTS, logits, make_batch, tiny_bert
 
 LAYERS = 2
 PER_LAYER = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
@@ -28,18 +29,18 @@ def calibrated(model: torch.nn.Module, batches, device: str = "x86", **overrides
 
 
 @pytest.fixture(scope="module")
-def calib_batches():
-    return [make_batch(8, 16, 100 + i) for i in range(4)]
+def calib_batches(tiny):
+    return [tiny.batch(8, 16, 100 + i) for i in range(4)]
 
 
 @pytest.fixture(scope="module")
-def eval_batch():
-    return make_batch(64, 20, 7)
+def eval_batch(tiny):
+    return tiny.batch(64, 20, 7)
 
 
 @pytest.fixture(scope="module")
-def bert():
-    return tiny_bert()
+def bert(tiny_onnx):
+    return tiny_onnx["model"]
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +50,29 @@ def bert_graph(bert):
 
 
 @pytest.fixture(scope="module")
-def q_x86(bert, calib_batches):
-    return calibrated(bert, calib_batches, "x86")
+def q_x86(tiny_onnx):
+    """The x86 contract calibrated on the four calibration batches (shared: copy it before changing it)."""
+    return tiny_onnx["x86"].q
 
 
 @pytest.fixture(scope="module")
-def q_arm(bert, calib_batches):
-    return calibrated(bert, calib_batches, "aarch64")
+def q_arm(tiny_onnx):
+    """The aarch64 contract, as q_x86."""
+    return tiny_onnx["aarch64"].q
 
 
 # --- capture --------------------------------------------------------------------------------------------------
-def _check_dynamic(model, graph, names):
+def _check_dynamic(tiny, model, graph, names):
     for n, seq in ((1, 7), (5, 23)):  # batch 1 and a length different from the export example (16)
-        batch = make_batch(n, seq, seed=n, names=names)
-        out = logits(graph, batch)
+        batch = tiny.batch(n, seq, seed=n, names=names)
+        out = tiny.logits(graph, batch)
         assert out.shape == (n, 2)
-        torch.testing.assert_close(out, logits(model, batch), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, tiny.logits(model, batch), rtol=1e-5, atol=1e-6)
 
 
-def test_capture_bert_dynamic_batch_and_seq(bert, bert_graph):
-    assert model_input_names(bert) == BERT_INPUTS
-    _check_dynamic(bert, bert_graph, BERT_INPUTS)
+def test_capture_bert_dynamic_batch_and_seq(tiny, bert, bert_graph):
+    assert model_input_names(bert) == INPUT_NAMES
+    _check_dynamic(tiny, bert, bert_graph, INPUT_NAMES)
 
 
 def test_find_quant_points_bert_names_every_linear(bert, bert_graph):
@@ -102,12 +105,12 @@ def _roberta():
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta"])
-def test_capture_other_families(family):
+def test_capture_other_families(tiny, family):
     model = _distilbert() if family == "distilbert" else _roberta()
     names = model_input_names(model)
     assert names == ("input_ids", "attention_mask")
     graph = capture(model).module
-    _check_dynamic(model, graph, names)
+    _check_dynamic(tiny, model, graph, names)
     points = find_quant_points(graph, QuantConfig.for_device("x86"))
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert len(points) == len(linears) == 14
@@ -180,22 +183,22 @@ def test_attention_matmul_points(bert_graph):
 
 
 # --- calib / quantize -----------------------------------------------------------------------------------------
-def test_calib_model_is_exactly_fp32(bert, eval_batch):
+def test_calib_model_is_exactly_fp32(tiny, bert, eval_batch):
     q = Quantizer("x86")
     graph = q.calib(bert)
     with pytest.raises(UserError, match="never fed"):  # no calibration batch yet
         q.quantize()
-    for batch in (eval_batch, make_batch(1, 9, 3)):
-        assert torch.equal(logits(graph, batch), logits(bert, batch))
+    for batch in (eval_batch, tiny.batch(1, 9, 3)):
+        assert torch.equal(tiny.logits(graph, batch), tiny.logits(bert, batch))
     assert all(o.observing != k.endswith("__weight") and not o.fake_quant for k, o in q.observers().items())
 
 
-def test_quantized_close_to_fp32(bert, q_x86, q_arm, eval_batch):
-    ref = logits(bert, eval_batch)
+def test_quantized_close_to_fp32(tiny, bert, q_x86, q_arm, eval_batch):
+    ref = tiny.logits(bert, eval_batch)
     assert ref.argmax(1).float().mean().item() not in (0.0, 1.0)  # informative logits: both classes occur
     margin = ref[:, 0] - ref[:, 1]
     for q in (q_x86, q_arm):
-        out = logits(q.graph, eval_batch)
+        out = tiny.logits(q.graph, eval_batch)
         assert not torch.equal(out, ref)  # fake quant is on
         assert ((out - ref).norm() / ref.norm()).item() < 0.05  # measured ~0.02
         assert ((out[:, 0] - out[:, 1] - margin).norm() / margin.norm()).item() < 0.15
@@ -221,8 +224,8 @@ def test_device_qparams_contract(q_x86, q_arm, bert):
 
 # --- amp / fallback -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def q_fallback(bert, calib_batches):
-    q = calibrated(bert, calib_batches, "x86")
+def q_fallback(q_x86, calib_batches):
+    q = copy.deepcopy(q_x86)
     sens = q.amp(calib_batches[:2])
     chosen = q.fallback(sens, 2)
     return q, sens, chosen
@@ -235,7 +238,7 @@ def test_amp_scores_every_point(q_fallback):
     assert list(sens.values()) == sorted(sens.values(), reverse=True)
 
 
-def test_fallback_disables_exactly_chosen(q_fallback, eval_batch, bert):
+def test_fallback_disables_exactly_chosen(tiny, q_fallback, eval_batch, bert):
     q, sens, chosen = q_fallback
     assert chosen == list(sens)[:2] and q.fallback_layers == chosen
     obs = q.observers()
@@ -247,37 +250,37 @@ def test_fallback_disables_exactly_chosen(q_fallback, eval_batch, bert):
     eager = q.convert(bert)
     wrapped = {n for n, m in eager.named_modules() if type(m).__name__ == "QuantLinear"}
     assert wrapped == {p.name for p in q.quantized_points()}
-    assert torch.equal(logits(eager, eval_batch), logits(q.graph, eval_batch))
+    assert torch.equal(tiny.logits(eager, eval_batch), tiny.logits(q.graph, eval_batch))
 
 
-def test_save_load_round_trip_with_fallback(q_fallback, bert, eval_batch, tmp_path):
+def test_save_load_round_trip_with_fallback(tiny, q_fallback, bert, eval_batch, tmp_path):
     q, _, chosen = q_fallback
     q.save(tmp_path / "state")
     q2 = Quantizer.load(tmp_path / "state", copy.deepcopy(bert))
     assert q2.fallback_layers == chosen
     assert [p.name for p in q2.points] == [p.name for p in q.points]
-    assert torch.equal(logits(q2.graph, eval_batch), logits(q.graph, eval_batch))
+    assert torch.equal(tiny.logits(q2.graph, eval_batch), tiny.logits(q.graph, eval_batch))
     for key, o in q.observers().items():
         o2 = q2.observers()[key]
         assert o2.fake_quant == o.fake_quant
         assert torch.equal(o2.scale, o.scale) and torch.equal(o2.zero_point, o.zero_point)
 
 
-def test_save_load_round_trip_per_tensor(q_arm, bert, eval_batch, tmp_path):
+def test_save_load_round_trip_per_tensor(tiny, q_arm, bert, eval_batch, tmp_path):
     """aarch64 contract (per-tensor weights); the x86 contract round trips in the fallback test above."""
     q = q_arm
     q.save(tmp_path / "state")
     q2 = Quantizer.load(tmp_path / "state", copy.deepcopy(bert))
     assert q2.config == q.config and q2.fallback_layers == []
-    assert torch.equal(logits(q2.graph, eval_batch), logits(q.graph, eval_batch))
+    assert torch.equal(tiny.logits(q2.graph, eval_batch), tiny.logits(q.graph, eval_batch))
 
 
 # --- QAT ------------------------------------------------------------------------------------------------------
-def test_qat_trains_scales_and_round_trips(calib_batches, eval_batch, tmp_path):
-    model = tiny_bert(seed=1)
+def test_qat_trains_scales_and_round_trips(tiny, calib_batches, eval_batch, tmp_path):
+    model = tiny.bert(seed=1)
     original = copy.deepcopy(model)
     q = calibrated(model, calib_batches, "x86")
-    before = logits(q.graph, eval_batch)
+    before = tiny.logits(q.graph, eval_batch)
 
     graph = q.qat()
     lsq = {k: o for k, o in q.observers().items() if isinstance(o, LSQQuantizer)}
@@ -297,7 +300,7 @@ def test_qat_trains_scales_and_round_trips(calib_batches, eval_batch, tmp_path):
             assert all(s.grad is not None and torch.isfinite(s.grad).all() for s in scales)
             assert sum(bool(s.grad.abs().sum() > 0) for s in scales) >= 0.9 * len(scales)
         opt.step()
-    post = logits(graph, eval_batch)
+    post = tiny.logits(graph, eval_batch)
     assert (post - before).abs().max() > 1e-3
     learned = {k: o.scale.detach().clone() for k, o in lsq.items()}
     assert all(bool((s > 1e-6).all()) for s in learned.values())
@@ -307,9 +310,9 @@ def test_qat_trains_scales_and_round_trips(calib_batches, eval_batch, tmp_path):
     assert all(isinstance(o, Observer) and o.fake_quant for o in q.observers().values())
     for k, s in learned.items():
         assert torch.equal(q.observers()[k].scale, s)
-    assert torch.equal(logits(q.graph, eval_batch), post)
+    assert torch.equal(tiny.logits(q.graph, eval_batch), post)
     # the eager export takes the graph's trained weights, whatever the model it is given
-    assert torch.equal(logits(q.convert(original), eval_batch), post)
+    assert torch.equal(tiny.logits(q.convert(original), eval_batch), post)
 
     # QAT trained a copy: the caller's model keeps its weights
     assert all(torch.equal(p, o) for p, o in zip(model.parameters(), original.parameters()))
@@ -317,15 +320,15 @@ def test_qat_trains_scales_and_round_trips(calib_batches, eval_batch, tmp_path):
     q.save(tmp_path / "state")
     assert (tmp_path / "state" / "weights.safetensors").is_file()
     q2 = Quantizer.load(tmp_path / "state", original)
-    assert torch.equal(logits(q2.graph, eval_batch), post)
-    assert torch.equal(logits(q2.convert(original), eval_batch), post)
+    assert torch.equal(tiny.logits(q2.graph, eval_batch), post)
+    assert torch.equal(tiny.logits(q2.convert(original), eval_batch), post)
 
 
-def test_runtime_smoothed_state_round_trips_through_qat_save_and_load(calib_batches, eval_batch, tmp_path):
+def test_runtime_smoothed_state_round_trips_through_qat_save_and_load(tiny, calib_batches, eval_batch, tmp_path):
     """channel_mul travels through LSQ, end_qat, the saved state and convert; the graph's scaled weights too."""
     from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 
-    model = tiny_bert(seed=1)
+    model = tiny.bert(seed=1)
     q = Quantizer(config=QuantConfig.for_device("x86"))
     graph = q.calib(model)
     assert smooth_runtime(q, collect_input_absmax(model, calib_batches), q.config.smooth_alpha)
@@ -337,10 +340,10 @@ def test_runtime_smoothed_state_round_trips_through_qat_save_and_load(calib_batc
     torch.nn.functional.cross_entropy(out, torch.arange(out.shape[0]) % 2).backward()
     assert all(o.scale.grad is not None and torch.isfinite(o.scale.grad).all() for o in lsq)  # affine grid, learned step
     q.end_qat()
-    ref = logits(q.graph, eval_batch)
-    assert torch.allclose(logits(q.convert(model), eval_batch), ref, atol=1e-5)
+    ref = tiny.logits(q.graph, eval_batch)
+    assert torch.allclose(tiny.logits(q.convert(model), eval_batch), ref, atol=1e-5)
     q.save(tmp_path / "state")
     q2 = Quantizer.load(tmp_path / "state", copy.deepcopy(model))
-    assert torch.equal(logits(q2.graph, eval_batch), ref)
+    assert torch.equal(tiny.logits(q2.graph, eval_batch), ref)
     key = observer_key(q.points[0].name, "input")
     assert torch.equal(q2.observers()[key].channel_mul, q.observers()[key].channel_mul)

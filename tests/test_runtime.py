@@ -12,45 +12,19 @@ import pytest
 from ptqkit import runtime
 from ptqkit.artifacts import Layout
 from ptqkit.backends import FILE_ENGINES
-from ptqkit.bench import BenchConfig, Shape
-from ptqkit.config import RunConfig
 from ptqkit.data import Example, encode
 from ptqkit.errors import UserError
+from ptqkit.config import RunConfig
 from ptqkit.loading import load
-from ptqkit.pipeline import run
-from tiny import int8_kernels
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory, tiny_model_dir, write_csv) -> tuple[Path, RunConfig]:
-    """bert_ptq.py's run on a tiny classifier whose weights are scaled up and head centred, so that its labels vary."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    d = tmp_path_factory.mktemp("runtime")
-    val_csv = write_csv(d / "val.csv", 40, 1)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    with torch.no_grad():  # a random model's logits barely move with the input: widen and centre them so labels vary
-        model.classifier.weight.mul_(50)
-        model.bert.embeddings.word_embeddings.weight.mul_(20)
-        model.bert.pooler.dense.weight.mul_(10)
-        for layer in model.bert.encoder.layer:  # let [CLS] read the other tokens
-            layer.attention.self.value.weight.mul_(10)
-            layer.attention.output.dense.weight.mul_(10)
-        texts = [line.rsplit(",", 1)[0] for line in val_csv.read_text().splitlines()[1:]]
-        logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")).logits
-        model.classifier.bias.sub_(logits.median(0).values)
-    model.save_pretrained(d / "model")
-    tokenizer.save_pretrained(d / "model")
-    cfg = RunConfig(model=str(d / "model"), train_file=str(write_csv(d / "train.csv", 64, 0)),
-                    validation_file=str(val_csv), output_dir=str(d / "out"),
-                    cache_dir=str(d / "cache"), batch_size=8, max_seq_len=16, calib_batches=2, skip_peers=True,
-                    bench=BenchConfig(shapes=(Shape(1, 16),), rounds=1, warmup=1))
-    run(cfg)
+def artefacts(tiny_run) -> tuple[Path, RunConfig]:
+    """bert_ptq.py's artefact dir from a tiny classifier whose labels vary, and its config."""
+    cfg, _ = tiny_run
     return Path(cfg.output_dir), cfg
 
 
@@ -61,7 +35,7 @@ def _host_check(out: Path) -> dict:
 def test_artefact_dir_is_self_contained(artefacts) -> None:
     out, cfg = artefacts
     rc = json.loads(Layout(out).runtime_json.read_text())
-    assert rc["model_file"] == "model_int8_qdq.onnx" and rc["max_seq_len"] == 16
+    assert rc["model_file"] == "model_int8_qdq.onnx" and rc["max_seq_len"] == cfg.max_seq_len
     assert rc["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert rc["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"} and rc["text_pairs"] is False
     assert (out / "tokenizer" / "tokenizer.json").is_file()
@@ -81,7 +55,7 @@ def test_tokenizer_matches_the_pipeline(artefacts) -> None:
     texts = [e.text for e in ld.task.validation] + ["a " * 40 + "long one", "Émile's café, naïve!"]
     expected = encode(ld.tokenizer, [Example(t, 0) for t in texts], cfg.max_seq_len)
     assert tok.encode(texts) == expected
-    assert max(len(f["input_ids"]) for f in expected) == 16
+    assert max(len(f["input_ids"]) for f in expected) == cfg.max_seq_len
 
 
 @pytest.mark.parametrize("engine", FILE_ENGINES)
@@ -121,7 +95,7 @@ def test_empty_texts_are_counted_like_the_main_command() -> None:
     assert texts == ["a film", "", "  \t ", "last"] and runtime.empty_texts(texts) == 2
 
 
-def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> None:
+def test_self_check_reports_kernels_and_agreement(tiny, artefacts, tmp_path: Path) -> None:
     out, _ = artefacts
     report = tmp_path / "check.json"
     proc = subprocess.run([sys.executable, "predict.py", str(out), "--check", "--engine", "openvino,onnxruntime",
@@ -131,10 +105,11 @@ def test_self_check_reports_kernels_and_agreement(artefacts, tmp_path: Path) -> 
     assert rep["cpu"]["arch"] and rep["sentences"] == 40
     ov, ort = rep["engines"]["openvino"], rep["engines"]["onnxruntime"]
     attention = json.loads((out / "report.json").read_text())["quantization"]["config"]["attention_matmuls"]
-    assert ov["int8_kernels"] == int8_kernels("openvino", attention)
+    assert ov["int8_kernels"] == tiny.int8_kernels("openvino", attention)
     assert ov["kernel_details"]["FullyConnected:u8"] == 14  # affine uint8 activations
     assert sum(v for k, v in ov["kernel_details"].items() if k.startswith("primitive:")) == 14
-    assert ort["int8_kernels"] == int8_kernels("onnxruntime", attention) and ort["kernel_details"]["MatMulIntegerToFloat"] >= 14
+    assert ort["int8_kernels"] == tiny.int8_kernels("onnxruntime", attention)
+    assert ort["kernel_details"]["MatMulIntegerToFloat"] >= 14
     assert ov["agreement_with_host_int8"] == 1.0
     for engine in (ov, ort):  # the verdict is the stated rule: int8 kernels ran and agreement >= 0.99
         assert engine["passed"] == (engine["int8_kernels"] > 0 and engine["agreement_with_host"] >= 0.99)

@@ -15,7 +15,6 @@ from ptqkit.errors import UserError
 from ptqkit.sweep import pareto_front
 from ptqkit.sweep_grid import Recipe, parse_grid
 from ptqkit.sysinfo import SATURATING_ISAS, host_int8_isa
-from tiny import int8_kernels
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,7 +57,7 @@ def test_pareto_front_keeps_undominated() -> None:
 
 
 @pytest.mark.slow  # a local Ray cluster and three Tune trials: ~65 s on a 2-core AVX2 machine
-def test_two_recipe_sweep_and_a_failing_recipe(tmp_path: Path, tiny_model_dir: Path, task_files) -> None:
+def test_two_recipe_sweep_and_a_failing_recipe(tiny, tmp_path: Path, tiny_model_dir: Path, task_files) -> None:
     """Two good recipes and one with a bad calibration method: the bad one fails alone, with its one-line error."""
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps([{"calib_method": "minmax"}, {"calib_method": "minmax", "backend": "onnxruntime"},
@@ -75,7 +74,7 @@ def test_two_recipe_sweep_and_a_failing_recipe(tmp_path: Path, tiny_model_dir: P
     attention = host_int8_isa() not in SATURATING_ISAS
     for r in ok:
         engine = r["recipe"]["backend"]
-        assert r["holdout"]["int8_kernels"] == int8_kernels(engine, attention and engine == "openvino")
+        assert r["holdout"]["int8_kernels"] == tiny.int8_kernels(engine, attention and engine == "openvino")
         assert r["holdout"]["threads"] == 1
     assert rep["workers"] == 2 and rep["chosen"]["label"] in rep["pareto_front"]
     assert set(rep["chosen"]["final"]) == {"validation", "latency_ms"}
