@@ -9,7 +9,6 @@ the QDQ-friendly optimizer settings. Nothing imported here may import torch: tes
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .artifacts import Layout
-from .backends import FILE_ENGINES, get_backend
+from . import batcher
+from .backends import FILE_ENGINES
 from .backends.base import MIN_AGREEMENT
 from .cpu import describe
+from .sysinfo import usable_cores
 from .errors import UserError, one_line, reason
-from .inputs import pad
 
 RUNTIME_FORMAT = 1
 
@@ -82,10 +82,6 @@ class Tokenizer:
         encs = self.tok.encode_batch(inputs)
         return [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids} for e in encs]
 
-    def pad(self, features: Sequence[dict[str, list[int]]]) -> dict[str, np.ndarray]:
-        """Right-pad to the longest in the batch, as the pipeline does (inputs.pad): the model's inputs only."""
-        return pad(features, self.cfg.pad_id, self.cfg.input_names)
-
 
 class Classifier:
     """An artefact directory compiled on one engine: texts in, logits and labels out."""
@@ -104,19 +100,15 @@ class Classifier:
         if engine not in FILE_ENGINES:
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(FILE_ENGINES)}")
         self.engine = engine
-        self.runner = get_backend(engine).compile(model, threads or os.cpu_count() or 1, "int8")
+        # the throughput form: every core busy (batcher.make_pool); one call is one request on it
+        self.runner = batcher.make_pool(engine, model, threads or usable_cores(), "int8")
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Batches of similar length (less padding), results in input order."""
-        features = self.tokenizer.encode(texts)
-        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-        out: list[np.ndarray | None] = [None] * len(features)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            for i, row in zip(idx, self.runner(self.tokenizer.pad([features[i] for i in idx]))):
-                out[i] = row
-        num_labels = max(len(self.cfg.id2label), 1)
-        return np.stack(out) if out else np.zeros((0, num_labels), np.float32)
+        """Length-bucketed batches (batcher.classify), results in input order."""
+        if not texts:
+            return np.zeros((0, max(len(self.cfg.id2label), 1)), np.float32)
+        return batcher.classify(texts, self.tokenizer.encode, self.runner, self.cfg.pad_id, self.cfg.input_names,
+                                batch_size, self.cfg.max_seq_len)
 
     def records(self, texts: Sequence[str], batch_size: int = 32) -> Iterator[dict]:
         """One JSON-ready dict per text: label name and id (or the score of a regression model), logits."""
