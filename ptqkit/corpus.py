@@ -68,7 +68,7 @@ def load_rows(cfg: CorpusConfig, id2label: dict[int, str]) -> Rows:
             reviews = [r for r in csv.DictReader(f) if r["source"] == "imdb"]
         picked = random.Random(IMDB_SEED).sample(reviews, min(IMDB_SAMPLE, len(reviews)))
         rows = Rows(cfg.corpus, [r["text"] for r in picked], [int(r["label"]) for r in picked])
-    elif Path(cfg.corpus).suffix:
+    elif Path(cfg.corpus).suffix or Path(cfg.corpus).exists():
         rows = _user_rows(cfg, id2label)
     else:
         raise UserError(f"--corpus {cfg.corpus}: not a built-in corpus ({', '.join(BUILTIN)}) nor a file path")
@@ -135,7 +135,7 @@ def _engine(layout: artifacts.Layout) -> str:
     return chosen if chosen in FILE_ENGINES else FILE_ENGINES[0]
 
 
-def _worker(spec: Spec, tmp: Path) -> dict:
+def _worker(spec: Spec, tmp: Path, timeout_s: int) -> dict:
     """One variant at one thread count in a process of its own; a failure is its one-line reason."""
     path = tmp / f"{spec.variant}-{spec.threads}.json"
     path.write_text(json.dumps(asdict(spec)))
@@ -144,9 +144,9 @@ def _worker(spec: Spec, tmp: Path) -> dict:
            "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run([sys.executable, "-m", "ptqkit.corpus_variants", str(path)], env=env, text=True,
-                              capture_output=True, timeout=CorpusConfig.timeout_s)
+                              capture_output=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {CorpusConfig.timeout_s} s"}
+        return {"error": f"timed out after {timeout_s} s"}
     if proc.returncode != 0 or not Path(spec.result_file).is_file():
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("W1", "  "))]
         return {"error": (lines[-1] if lines else f"exit code {proc.returncode}")[:300]}
@@ -187,7 +187,7 @@ def run(cfg: CorpusConfig) -> dict:
                 spec = Spec(variant, t, str(rows_file), str(out), str(model_dir), engine, cfg.max_seq_len,
                             cfg.batch_size, min(cfg.latency_rows, len(rows.texts)), str(layout.corpus_peers),
                             str(tmp / f"{variant}-{t}.result.json"))
-                results[variant][t] = _worker(spec, tmp)
+                results[variant][t] = _worker(spec, tmp, cfg.timeout_s)
                 print(f"corpus: {variant} at {t} thread(s): " + _line(results[variant][t]), file=sys.stderr)
     from .corpus_report import build, write
 

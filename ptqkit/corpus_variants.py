@@ -7,6 +7,7 @@ serves one request. Ours imports neither torch nor transformers; the peers load 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -242,6 +243,8 @@ def _peak_rss_mb() -> float:
 
 def main(path: str) -> None:
     spec = Spec(**json.loads(Path(path).read_text()))
+    if hasattr(os, "sched_setaffinity"):  # n threads means n cores for everything, the tokenizer's thread included
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: spec.threads])
     Path(spec.result_file).write_text(json.dumps(measure(spec)))
 
 
