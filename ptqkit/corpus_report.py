@@ -93,7 +93,7 @@ def plot(rep: dict, path) -> None:
     ax.set_yticks([i + height * (len(rep["threads"]) - 1) / 2 for i in range(len(ok))], [v["name"] for v in ok])
     ax.invert_yaxis()
     ax.set_xlabel("rows/s, text to label")
-    ax.set_title(f"{rep['corpus']['name']}, max {rep['corpus']['max_seq_len']} tokens")
+    ax.set_title(f"{rep['corpus']['name']}, max {rep['corpus']['max_seq_len']} tokens; {rep['cpu'].get('model', '?')}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -16,13 +16,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .artifacts import Layout
 from . import batcher
+from .artifacts import Layout
 from .backends import FILE_ENGINES
 from .backends.base import MIN_AGREEMENT
 from .cpu import describe
-from .sysinfo import usable_cores
 from .errors import UserError, one_line, reason
+from .sysinfo import usable_cores
 
 RUNTIME_FORMAT = 1
 
