@@ -46,6 +46,7 @@ class CorpusConfig:
     threads: tuple[int, ...] = ()  # default: 1 and every usable core
     variants: tuple[str, ...] = tuple(VARIANTS)
     timeout_s: int = 3600  # per worker
+    engine: str | None = None  # our int8 engine; default: the one bert_ptq.py chose
 
 
 @dataclass
@@ -174,7 +175,7 @@ def run(cfg: CorpusConfig) -> dict:
         if n:
             print(f"warning: {n} of {len(rows.texts)} rows are {what}", file=sys.stderr)
     threads = cfg.threads or tuple(sorted({1, usable_cores()}))
-    engine = _engine(layout)
+    engine = cfg.engine or _engine(layout)
     layout.corpus_peers.mkdir(exist_ok=True)
     results: dict[str, dict[int, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="ptqkit-corpus-") as tmp_name:
@@ -216,7 +217,8 @@ def config_from_args(args) -> CorpusConfig:
         max_seq_len=args.max_seq_len, text_columns=tuple(args.text_columns.split(",")) if args.text_columns else None,
         label_column=args.label_column, encoding=args.encoding, limit=args.limit, batch_size=args.batch_size,
         latency_rows=args.latency_rows, threads=parse_threads(args.threads) if args.threads else (),
-        variants=tuple(args.variants.split(",")) if args.variants else tuple(VARIANTS))
+        variants=tuple(args.variants.split(",")) if args.variants else tuple(VARIANTS),
+        engine=args.backend if args.backend in FILE_ENGINES else None)
 
 
 def _line(r: dict) -> str:
