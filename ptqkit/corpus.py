@@ -142,7 +142,9 @@ def _worker(spec: Spec, tmp: Path, timeout_s: int) -> dict:
     path.write_text(json.dumps(asdict(spec)))
     t = str(spec.threads)
     env = {**os.environ, "OMP_NUM_THREADS": t, "RAYON_NUM_THREADS": t, "RAYON_RS_NUM_CPUS": t,
-           "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1"}
+           "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1",
+           # this ptqkit, not another checkout's that an editable install may point at
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
     try:
         proc = subprocess.run([sys.executable, "-m", "ptqkit.corpus_variants", str(path)], env=env, text=True,
                               capture_output=True, timeout=timeout_s)

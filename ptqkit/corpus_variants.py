@@ -50,25 +50,27 @@ class Spec:
 
 def _ours(spec: Spec, naive: bool) -> Predictor:
     from .backends import get_backend
-    from .runtime import Classifier
+    from .runtime import Classifier, RuntimeConfig, Tokenizer
 
-    clf = Classifier(spec.artefacts, spec.engine, spec.threads)
-    latency = get_backend(spec.engine).compile(Path(spec.artefacts) / clf.cfg.model_file, spec.threads, "int8")
-    cfg, length = clf.cfg, clf.cfg.max_seq_len if naive else None
+    layout = Layout(Path(spec.artefacts))
+    cfg = RuntimeConfig.from_dict(json.loads(layout.runtime_json.read_text()))
+    latency = get_backend(spec.engine).compile(layout.root / cfg.model_file, spec.threads, "int8")
     if naive:  # evaluate.py's old way: file order, every row padded to the maximum, one request at a time
-        pool = batcher.SerialPool(latency)
+        tokenizer, pool = Tokenizer(layout.tokenizer_json, cfg), batcher.SerialPool(latency)
 
         def batch(texts: Sequence[str]) -> Logits:
-            features = clf.tokenizer.encode(texts)
-            return batcher.run_batches(features, batcher.file_order(len(texts), spec.batch_size), pool, cfg.pad_id,
-                                       cfg.input_names, length=cfg.max_seq_len)
-    else:
-        batch = lambda texts: clf.logits(texts, spec.batch_size)  # noqa: E731
+            return batcher.run_batches(tokenizer.encode(texts), batcher.file_order(len(texts), spec.batch_size), pool,
+                                       cfg.pad_id, cfg.input_names, length=cfg.max_seq_len)
 
-    def one(text: str) -> Logits:
-        return latency(pad(clf.tokenizer.encode([text]), cfg.pad_id, cfg.input_names, length))
+        def one(text: str) -> Logits:
+            return latency(pad(tokenizer.encode([text]), cfg.pad_id, cfg.input_names, cfg.max_seq_len))
 
-    return Predictor(batch, one, f"{spec.engine}, " + ("padded to max length" if naive else "bucketed, async streams"))
+        return Predictor(batch, one, f"{spec.engine}, padded to max length")
+    clf = Classifier(spec.artefacts, spec.engine, spec.threads)
+    requests = batcher.Requests(latency, cfg.pad_id, cfg.input_names, cfg.max_seq_len)
+    return Predictor(lambda texts: clf.logits(texts, spec.batch_size),
+                     lambda text: requests(clf.tokenizer.encode([text])),
+                     f"{spec.engine}, bucketed, async streams; requests on a static copy per bucket")
 
 
 def _pipeline_style(tokenizer, run: Callable[[dict], Logits], names: Sequence[str], spec: Spec,
