@@ -92,16 +92,25 @@ def _user_rows(cfg: CorpusConfig, id2label: dict[int, str]) -> Rows:
                         "pass --text-columns NAME")
     ids = {v.strip().lower(): k for k, v in id2label.items()}
     labels = None
-    if label:
+    if label and id2label:  # a regression model (no label names) has no accuracy to measure
         labels = []
         for i, r in enumerate(found, 1):
             raw = str(r.get(label) or "").strip()
-            value = int(raw) if raw.lstrip("-").isdigit() else ids.get(raw.lower())
+            value = _class_id(raw) if _class_id(raw) is not None else ids.get(raw.lower())
             if value is None or value not in id2label:
                 raise UserError(f"{cfg.corpus} row {i}: label {raw!r} is neither a class id nor a label name of the "
                                 f"model ({', '.join(id2label.values())}); fix it or pass another --label-column")
             labels.append(value)
     return Rows(Path(cfg.corpus).name, [str(r.get(texts[0]) or "") for r in found], labels)
+
+
+def _class_id(raw: str) -> int | None:
+    """"1" and "1.0" are class 1; anything else is not a class id."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def count_tokens(rows: Rows, tokenizer_json: Path, max_seq_len: int) -> None:

@@ -84,9 +84,10 @@ def test_builtin_corpora_and_limit() -> None:
 
 def test_label_names_map_through_the_model(tmp_path: Path) -> None:
     rows = tmp_path / "rows.jsonl"
-    rows.write_text('{"text": "good", "label": "label_1"}\n{"text": "", "label": "LABEL_0"}\n')
+    rows.write_text('{"text": "good", "label": "label_1"}\n{"text": "", "label": "LABEL_0"}\n{"text": "ok", "label": 1.0}\n')
     got = load_rows(CorpusConfig(str(rows), "unused"), ID2LABEL)
-    assert got.labels == [1, 0] and got.empty == 1
+    assert got.labels == [1, 0, 1] and got.empty == 1
+    assert load_rows(CorpusConfig(str(rows), "unused"), {}).labels is None  # a regression model: no accuracy
     with pytest.raises(UserError, match="one text column"):
         pairs = tmp_path / "pairs.csv"
         pairs.write_text("sentence1,sentence2,label\na,b,0\n")
