@@ -11,7 +11,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -53,7 +53,8 @@ def _ours(spec: Spec, naive: bool) -> Predictor:
     from .runtime import Classifier, RuntimeConfig, Tokenizer
 
     layout = Layout(Path(spec.artefacts))
-    cfg = RuntimeConfig.from_dict(json.loads(layout.runtime_json.read_text()))
+    # the corpus's --max-seq-len, not the exported run's: every variant truncates alike
+    cfg = replace(RuntimeConfig.from_dict(json.loads(layout.runtime_json.read_text())), max_seq_len=spec.max_seq_len)
     latency = get_backend(spec.engine).compile(layout.root / cfg.model_file, spec.threads, "int8")
     if naive:  # evaluate.py's old way: file order, every row padded to the maximum, one request at a time
         tokenizer, pool = Tokenizer(layout.tokenizer_json, cfg), batcher.SerialPool(latency)
@@ -66,7 +67,7 @@ def _ours(spec: Spec, naive: bool) -> Predictor:
             return latency(pad(tokenizer.encode([text]), cfg.pad_id, cfg.input_names, cfg.max_seq_len))
 
         return Predictor(batch, one, f"{spec.engine}, padded to max length")
-    clf = Classifier(spec.artefacts, spec.engine, spec.threads)
+    clf = Classifier(spec.artefacts, spec.engine, spec.threads, spec.max_seq_len)
     requests = batcher.Requests(latency, cfg.pad_id, cfg.input_names, cfg.max_seq_len)
     return Predictor(lambda texts: clf.logits(texts, spec.batch_size),
                      lambda text: requests(clf.tokenizer.encode([text])),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -86,13 +86,17 @@ class Tokenizer:
 class Classifier:
     """An artefact directory compiled on one engine: texts in, logits and labels out."""
 
-    def __init__(self, artefact_dir: str | Path, engine: str = FILE_ENGINES[0], threads: int | None = None):
+    def __init__(self, artefact_dir: str | Path, engine: str = FILE_ENGINES[0], threads: int | None = None,
+                 max_seq_len: int | None = None):
+        """`max_seq_len`: truncate to this many tokens instead of the exported run's (runtime.json)."""
         self.dir = Path(artefact_dir)
         layout = Layout(self.dir)
         if not self.dir.is_dir():
             raise UserError(f"artefact dir {self.dir} does not exist; pass the --output-dir of bert_ptq.py or export.py")
         self.cfg = RuntimeConfig.from_dict(_read_json(layout.runtime_json, "not an artefact dir of ptqkit >= runtime "
                                                       "format 1; re-run export.py or bert_ptq.py with this --output-dir"))
+        if max_seq_len:
+            self.cfg = replace(self.cfg, max_seq_len=max_seq_len)
         model = self.dir / self.cfg.model_file
         if not model.is_file():
             raise UserError(f"{model} not found: the artefact dir is incomplete; copy all of it")
