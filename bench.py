@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Step 3: compile the exported fp32 and int8 artefacts on the engine(s), time them interleaved with PyTorch fp32,
-split each engine's time by op kind with its own profiler and measure its int8 GEMM peak (bench.json)."""
+split each engine's time by op kind with its own profiler and measure its int8 GEMM peak (bench.json).
+With --corpus: real work instead, every variant and peer on a corpus's texts (corpus.json/md/png; docs/workloads.md)."""
 from __future__ import annotations
 
 from ptqkit.cli import add_bench_flags, config_from_args, parser, run_main
@@ -10,7 +11,15 @@ def main() -> int:
     p = parser(__doc__)
     p.add_argument("--backends", help="comma-separated engines to time (default: --backend)")
     add_bench_flags(p)
+    from ptqkit.corpus import add_flags
+
+    add_flags(p)
     args = p.parse_args()
+    if args.corpus:
+        from ptqkit.corpus import config_from_args, run
+
+        run(config_from_args(args))
+        return 0
 
     from ptqkit.steps import bench_step
 

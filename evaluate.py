@@ -24,7 +24,7 @@ def main() -> int:
     p.add_argument("--where", metavar="COLUMN=VALUE", help="only rows whose column equals the value, e.g. source=imdb")
     p.add_argument("--backend", default=FILE_ENGINES[0], help=f"engine: {' or '.join(FILE_ENGINES)} (default: {FILE_ENGINES[0]})")
     p.add_argument("--batch-size", type=positive_int, default=32, help="rows per engine call")
-    p.add_argument("--max-seq-len", type=positive_int, default=128, help="every row is truncated/padded to this")
+    p.add_argument("--max-seq-len", type=positive_int, default=128, help="every row is truncated to this (batches are padded to their longest row)")
     p.add_argument("--actors", type=positive_int, help="actors (default: one per --cpus-per-actor CPUs of the machine; "
                    "on a cluster of its CPUs minus one)")
     p.add_argument("--cpus-per-actor", type=positive_int, default=1,

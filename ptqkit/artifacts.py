@@ -105,6 +105,24 @@ class Layout:
     def predictions(self) -> Path:
         return self.root / "predictions.csv"
 
+    # bench.py --corpus
+    @property
+    def corpus_json(self) -> Path:
+        return self.root / "corpus.json"
+
+    @property
+    def corpus_md(self) -> Path:
+        return self.root / "corpus.md"
+
+    @property
+    def corpus_png(self) -> Path:
+        return self.root / "corpus.png"
+
+    @property
+    def corpus_peers(self) -> Path:
+        """Directory: peer models the corpus benchmark converts itself (CTranslate2's), reused by later runs."""
+        return self.root / "corpus_peers"
+
     # sweep.py
     @property
     def sweep_json(self) -> Path:

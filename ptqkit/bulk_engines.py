@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from . import artifacts
-from .backends import get_backend
+from .batcher import bucketed, make_pool
 from .errors import UserError
-from .inputs import pad
 
 # What the actors need from bert_ptq.py's output dir, by their names relative to it (keys of the files that travel)
 NAMES = artifacts.Layout(Path())
@@ -41,9 +40,8 @@ class EnginePair:
                 path.write_bytes(data)
             self.tokenizer = AutoTokenizer.from_pretrained(str(layout.tokenizer_dir))
             self.pad_id = self.tokenizer.pad_token_id or 0
-            engine = get_backend(backend)
-            self.fp32 = engine.compile(layout.fp32_onnx, threads, "fp32")
-            self.int8 = engine.compile(layout.int8_onnx, threads, "int8")
+            self.fp32 = make_pool(backend, layout.fp32_onnx, threads, "fp32")
+            self.int8 = make_pool(backend, layout.int8_onnx, threads, "int8")
         self.text_columns = text_columns
         self.max_seq_len = max_seq_len
         self.label = label
@@ -52,8 +50,8 @@ class EnginePair:
         texts = [[str(t) for t in batch[c]] for c in self.text_columns]
         enc = self.tokenizer(*texts, truncation=True, max_length=self.max_seq_len)
         features = [{k: enc[k][i] for k in self.fp32.input_names} for i in range(len(texts[0]))]
-        inputs = pad(features, self.pad_id, self.fp32.input_names, length=self.max_seq_len)
-        fp32, int8 = self.fp32(inputs).argmax(-1), self.int8(inputs).argmax(-1)
+        run = lambda pool: bucketed(features, pool, self.pad_id, pool.input_names, len(features), self.max_seq_len)  # noqa: E731
+        fp32, int8 = run(self.fp32).argmax(-1), run(self.int8).argmax(-1)
         out = {"fp32": fp32, "int8": int8}
         # Only disagreeing rows carry their text back: the driver writes them, nothing else needs it.
         out["text"] = np.where(fp32 != int8, np.asarray(texts[0], dtype=object), "")

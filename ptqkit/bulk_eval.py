@@ -1,8 +1,9 @@
 """fp32 vs int8 on a large file (CSV, JSON lines or Parquet) through Ray Data: the rows stream through a pool of
 actors, each of which compiles both engines once and tokenizes its own batches; the driver only counts.
 
-Every row is padded to --max-seq-len, so a row's prediction does not depend on which rows share its batch: the
-Ray run and the single-process run (`local=True`, the same EnginePair in this process) agree row for row.
+Each block is bucketed by length and padded to its longest rows (ptqkit.batcher), not to --max-seq-len; a row's
+prediction does not depend on its padding, so the Ray run and the single-process run (`local=True`, the same
+EnginePair in this process) agree row for row.
 """
 from __future__ import annotations
 

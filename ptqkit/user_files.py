@@ -23,8 +23,8 @@ def load_user_files(train_file: str, validation_file: str, text_columns: tuple[s
     """The user's own train/validation files, read the way HF's run_glue.py reads them.
 
     Label names ("positive") stay strings here: fit_labels maps them through the model's label2id."""
-    train_rows, columns = _read_rows(Path(train_file), encoding)
-    val_rows, val_columns = _read_rows(Path(validation_file), encoding)
+    train_rows, columns = read_rows(Path(train_file), encoding)
+    val_rows, val_columns = read_rows(Path(validation_file), encoding)
     label = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
     if label not in columns:
         wanted = repr(label_column) if label_column else f"(looked for {', '.join(LABEL_COLUMNS)})"
@@ -99,7 +99,7 @@ def fit_labels(task: TaskData, num_labels: int, label2id: dict[str, int] | None)
     return task
 
 
-def _read_rows(path: Path, encoding: str = "utf-8") -> tuple[list[dict], list[str]]:
+def read_rows(path: Path, encoding: str = "utf-8") -> tuple[list[dict], list[str]]:
     """Rows as dicts plus the column names (the header, or the first JSON object's keys)."""
     if not path.is_file():
         raise UserError(f"data file {path} not found: check the path")

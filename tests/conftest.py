@@ -284,3 +284,40 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     monkeypatch.setattr(bench, "time", clock)
     monkeypatch.setattr(stages, "time", clock)
     return clock
+
+
+@pytest.fixture(scope="session")
+def corpus_artefacts(tmp_path_factory, tiny_model_dir: Path, write_csv) -> tuple[Path, Path]:
+    """(artefact dir, model dir) like bert_ptq.py's (fp32 and int8 ONNX, runtime.json, tokenizer/), max_seq_len 32,
+    from a tiny classifier whose labels vary with the text, calibrated on 2 batches of a seeded review CSV through
+    the public API: for the batcher and corpus benchmark tests."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import ptqkit
+    from ptqkit.config import RunConfig
+    from ptqkit.data import calibration_batches
+    from ptqkit.loading import load
+
+    d = tmp_path_factory.mktemp("corpus")
+    val_csv = write_csv(d / "val.csv", 40, 1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # a random model's logits barely move with the input: widen and centre them (as test_runtime)
+        model.classifier.weight.mul_(50)
+        model.bert.embeddings.word_embeddings.weight.mul_(20)
+        model.bert.pooler.dense.weight.mul_(10)
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.value.weight.mul_(10)
+            layer.attention.output.dense.weight.mul_(10)
+        texts = [line.rsplit(",", 1)[0] for line in val_csv.read_text().splitlines()[1:]]
+        logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+        model.classifier.bias.sub_(logits.median(0).values)
+    model.save_pretrained(d / "model")
+    tokenizer.save_pretrained(d / "model")
+    cfg = RunConfig(model=str(d / "model"), train_file=str(write_csv(d / "train.csv", 80, 0)),
+                    validation_file=str(val_csv), batch_size=8, max_seq_len=32)
+    ld = load(cfg)
+    calib = calibration_batches(ld.task, ld.tokenizer, 2, 8, 32)
+    ptqkit.quantize(ld.model, calib, cfg, tokenizer=ld.tokenizer).export(d / "out")
+    return d / "out", d / "model"
