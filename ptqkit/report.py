@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 from .bench import BenchConfig
 from .changes import markdown_lines as changed_lines
+from .frontier import markdown_lines as frontier_lines
 from .markdown import cell_key, cell_name, table
 from .report_plot import plot
 from .selection import describe
@@ -35,6 +36,11 @@ def summary(rep: dict) -> str:
         c = rep["quantization"]["config"]
         lines.append(f"contract: activations {c['activation']['dtype']}, weights {c['weight']['bits']}-bit "
                      f"{'per-channel' if c['weight']['ch_axis'] is not None else 'per-tensor'} (for int8 ISA {c.get('isa')})")
+    frontier = rep.get("quantization", {}).get("frontier")
+    if frontier:
+        lines.append(f"--max-slowdown {frontier['max_slowdown_pct']:g}%: {frontier['chosen_k']} linear(s) in float; "
+                     + ", ".join(f"k={p['k']} {p['agreement_with_fp32']:.4f} {p['slowdown_pct']:+.1f}%" for p in frontier["points"])
+                     + " (holdout agreement, slowdown)")
     sel = rep.get("backend_selection")
     if sel:
         lines.append(f"--backend auto chose {sel['chosen']}: {sel['reason']}")
@@ -104,6 +110,7 @@ def markdown(rep: dict) -> str:
                        rows)
         lines.append("")
         lines += changed_lines(rep)
+    lines += frontier_lines(rep)
     timed = [v for v in rep["variants"] if v.get("latency_ms")]
     if timed:
         base = {cell_key(r): r["median"] for v in timed if v["name"] == "pytorch-fp32" for r in v["latency_ms"]}
