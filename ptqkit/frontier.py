@@ -18,6 +18,7 @@ from .export import export_example, export_onnx
 from .latency import measure_latency
 from .loading import Loaded
 from .markdown import table
+from .models import all_cores
 from .qmodel import LogitsOnly
 from .quantizer import Quantizer
 from .stages import Stages
@@ -44,7 +45,7 @@ def precision_frontier(q: Quantizer, ld: Loaded, cfg: RunConfig, n_calib: int, s
         holdout = encode(ld.tokenizer, split_train(ld.task, n_calib, n)[1], cfg.max_seq_len)
         fp32 = predict_logits(TorchRunner(ld.model, ld.input_names, work_threads), holdout, cfg.batch_size, ld.pad_id,
                               "frontier: fp32 holdout")
-    with stages.time("frontier: sensitivity"):
+    with stages.time("frontier: sensitivity"), all_cores():
         linears = {p.name for p in q.points if p.kind == "linear"}
         sensitivity = {k: v for k, v in q.amp(sensitivity_batches).items() if k in linears}
     pad_to = cfg.max_seq_len if engine.fixed_shapes else None
