@@ -52,6 +52,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def percent(text: str) -> float:
+    """'5' or '5%' -> 5.0 (a non-negative percentage)."""
+    try:
+        value = float(text.removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
 def plain_parser(description: str) -> argparse.ArgumentParser:
     """A parser whose usage errors are one line with exit code 2."""
     return _Parser(description=description)

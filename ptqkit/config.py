@@ -165,7 +165,8 @@ class RunConfig:
     skip_peers: bool = False
     bench_only: bool = False  # skip evaluation: build, check kernels and time only
     max_accuracy_drop: float | None = None  # points of the task metric; enables auto-fallback
-    fallback_holdout: int = 1000  # size of the train holdout that auto-fallback scores on
+    fallback_holdout: int = 1000  # size of the train holdout that auto-fallback and the frontier score on
+    max_slowdown: float | None = None  # percent of int8 latency; enables the per-layer precision frontier
     qat_epochs: float = 0.0
     # int8 attention matmuls (QuantConfig.attention_matmuls): on, off, or auto = the forced engine's preference
     # (Engine.int8_attention), on under --backend auto; off on aarch64 and without VNNI (recipe.int8_attention)

@@ -3,17 +3,21 @@ variant, report. Each step lives in its own module; this one only orders them an
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 from . import artifacts, peers, report
 from .backends import check_backend_name, get_backend
 from .backends.base import ONNX, ModelForms
 from .config import RunConfig
 from .data import calibration_batches
+from .errors import UserError
 from .export import export_artifacts
+from .frontier import precision_frontier
 from .latency import measure_latency, measure_limit
-from .loading import load
+from .loading import Loaded, load
 from .models import all_cores
 from .qmodel import LogitsOnly
+from .quantizer import Quantizer
 from .recipe import calibrate
 from .runtime_files import write_runtime_files
 from .selection import choose_engine
@@ -29,6 +33,8 @@ def run(cfg: RunConfig) -> dict:
     stages = Stages()
     with stages.time("load"):
         check_backend_name(cfg.backend)
+        if cfg.max_slowdown is not None and cfg.max_accuracy_drop is not None:
+            raise UserError("--max-slowdown and --max-accuracy-drop both choose the float layers: pass one")
         ld = load(cfg)
         out_dir = artifacts.ensure_output_dir(cfg.output_dir)
     layout = artifacts.Layout(out_dir)
@@ -38,14 +44,9 @@ def run(cfg: RunConfig) -> dict:
         calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)
     with all_cores():
         q, steps = calibrate(ld, cfg, calib, stages)
-    with stages.time("export: state and runtime files"):
-        q.save(layout.quant_state)
-        converted = q.convert(ld.model)
-    paths = export_artifacts(ld.model, converted, ld.input_names, out_dir, stages)
+    paths, forms = export_all(q, ld, out_dir, stages)
     with stages.time("export: state and runtime files"):
         write_runtime_files(out_dir, ld.tokenizer, ld.model.config, ld.input_names, cfg.max_seq_len, ld.text_pairs)
-    forms = ModelForms(onnx={"fp32": paths["fp32_onnx"], "int8": paths["int8_onnx"]},
-                       module={"fp32": LogitsOnly(ld.model, ld.input_names), "int8": LogitsOnly(converted, ld.input_names)})
 
     built: dict = {}  # runners the selection compiled, reused for evaluation
     selection = None
@@ -59,6 +60,13 @@ def run(cfg: RunConfig) -> dict:
     else:
         engine = get_backend(cfg.backend)
         ours = engine.int8_variants
+    frontier = None
+    if cfg.max_slowdown is not None:  # on the engine and precision that serve; the artefacts again when k > 0
+        frontier = precision_frontier(q, ld, cfg, len(calib) * cfg.batch_size, calib[:4], engine, ours[0], threads,
+                                      work_threads, stages)
+        if frontier["chosen_k"]:
+            built.clear()
+            paths, forms = export_all(q, ld, out_dir, stages)
     variants = reference_variants(ld, q, fakequant=not cfg.bench_only)
     variants += engine_variants(engine, forms, ours, cfg.max_seq_len)
     if not cfg.skip_peers:
@@ -89,6 +97,8 @@ def run(cfg: RunConfig) -> dict:
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
                            "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
+    if frontier is not None:
+        rep["quantization"]["frontier"] = frontier
     if selection is not None:
         rep["backend_selection"] = selection.record
     if ld.task.empty_texts:
@@ -102,6 +112,17 @@ def run(cfg: RunConfig) -> dict:
         print(f"wrote {path}")
     print(report.stage_line(rep["stages"]))
     return rep
+
+
+def export_all(q: Quantizer, ld: Loaded, out_dir: Path, stages: Stages) -> tuple[dict, ModelForms]:
+    """The quantization state and the model files of the quantizer's current model, and the forms engines take."""
+    with stages.time("export: state and runtime files"):
+        q.save(artifacts.Layout(out_dir).quant_state)
+        converted = q.convert(ld.model)
+    paths = export_artifacts(ld.model, converted, ld.input_names, out_dir, stages)
+    forms = ModelForms(onnx={"fp32": paths["fp32_onnx"], "int8": paths["int8_onnx"]},
+                       module={"fp32": LogitsOnly(ld.model, ld.input_names), "int8": LogitsOnly(converted, ld.input_names)})
+    return paths, forms
 
 
 def stage_record(stages: Stages, to_int8_engine: float | None, work_threads: int) -> dict:

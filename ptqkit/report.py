@@ -4,9 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from .bench import BenchConfig
+from .changes import markdown_lines as changed_lines
+from .frontier import markdown_lines as frontier_lines
 from .markdown import cell_key, cell_name, table
+from .report_plot import plot
 from .selection import describe
-from .sysinfo import cpu_info, cpu_label, versions
+from .sysinfo import cpu_info, versions
 
 
 def build(device: str, model: str, task: str, eval_examples: int, variants: list[dict], bench: BenchConfig) -> dict:
@@ -33,6 +36,11 @@ def summary(rep: dict) -> str:
         c = rep["quantization"]["config"]
         lines.append(f"contract: activations {c['activation']['dtype']}, weights {c['weight']['bits']}-bit "
                      f"{'per-channel' if c['weight']['ch_axis'] is not None else 'per-tensor'} (for int8 ISA {c.get('isa')})")
+    frontier = rep.get("quantization", {}).get("frontier")
+    if frontier:
+        lines.append(f"--max-slowdown {frontier['max_slowdown_pct']:g}%: {frontier['chosen_k']} linear(s) in float; "
+                     + ", ".join(f"k={p['k']} {p['agreement_with_fp32']:.4f} {p['slowdown_pct']:+.1f}%" for p in frontier["points"])
+                     + " (holdout agreement, slowdown)")
     sel = rep.get("backend_selection")
     if sel:
         lines.append(f"--backend auto chose {sel['chosen']}: {sel['reason']}")
@@ -42,6 +50,8 @@ def summary(rep: dict) -> str:
         lines += [f"  {k} = {val:.4f}" for k, val in v.get("metrics", {}).items()]
         if "agreement_with_fp32" in v and v.get("metrics"):
             lines.append(f"  agreement_with_fp32 = {v['agreement_with_fp32']:.4f}")
+        if "changed_vs_fp32" in v:
+            lines.append(f"  changed_vs_fp32 = {v['changed_vs_fp32']} of {rep['eval_examples']}")
         if v.get("status") == "failed":
             lines.append(f"  failed: {v['error']}")
     for v in (v for v in rep["variants"] if v.get("latency_ms")):
@@ -52,7 +62,7 @@ def summary(rep: dict) -> str:
 
 
 def write(rep: dict, out_dir) -> list:
-    """report.json, report.md and report.png (accuracy vs latency), each written atomically."""
+    """report.json, report.md and report.png (accuracy and agreement vs latency), each written atomically."""
     from pathlib import Path
 
     from . import artifacts
@@ -65,13 +75,6 @@ def write(rep: dict, out_dir) -> list:
         paths.append(layout.report_png)
         plot(rep, paths[2])
     return paths
-
-
-def _primary_metric(rep: dict) -> str | None:
-    for v in rep["variants"]:
-        if v.get("metrics"):
-            return next(iter(v["metrics"]))
-    return None
 
 
 def markdown(rep: dict) -> str:
@@ -100,11 +103,14 @@ def markdown(rep: dict) -> str:
         rows = []
         for v in (v for v in rep["variants"] if v.get("metrics")):
             agree = "1 (reference)" if v["name"] == "pytorch-fp32" else _cell(v, "agreement_with_fp32")
-            rows.append([_label(v), f"**{agree}**" if agree else "",
+            rows.append([_label(v), f"**{agree}**" if agree else "", v.get("changed_vs_fp32", ""),
                          *(f"{v['metrics'][m]:.4f}" if m in v["metrics"] else "" for m in metric_names),
                          _cell(v, "agreement_with_fakequant")])
-        lines += table(["variant", "agreement with fp32", *metric_names, "agreement with fake-quant"], rows)
+        lines += table(["variant", "agreement with fp32", "changed vs fp32", *metric_names, "agreement with fake-quant"],
+                       rows)
         lines.append("")
+        lines += changed_lines(rep)
+    lines += frontier_lines(rep)
     timed = [v for v in rep["variants"] if v.get("latency_ms")]
     if timed:
         base = {cell_key(r): r["median"] for v in timed if v["name"] == "pytorch-fp32" for r in v["latency_ms"]}
@@ -258,43 +264,3 @@ def _cell(v: dict, key: str) -> str:
 
 def _label(v: dict) -> str:
     return v["name"] + (" (peer)" if v.get("peer") else "")
-
-
-def plot(rep: dict, path) -> None:
-    """Accuracy vs latency at the first timed cell. Names go in a legend (no labels to overlap); ours are filled
-    circles, peers hollow squares, fp32 variants diamonds; dashed lines mark PyTorch fp32 (the reference)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from . import artifacts
-
-    metric = _primary_metric(rep)
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    cell = None
-    colors = plt.get_cmap("tab10").colors
-    shown = [v for v in rep["variants"] if v.get("metrics") and v.get("latency_ms")]
-    for i, v in enumerate(shown):
-        r = v["latency_ms"][0]
-        cell = f"{r['batch']}x{r['seq_len']}, {r['threads']} thread(s)"
-        x, y = r["median"], v["metrics"][metric]
-        if v["name"] == "pytorch-fp32":
-            ax.axhline(y, color="grey", ls="--", lw=0.8)
-            ax.axvline(x, color="grey", ls="--", lw=0.8)
-        if v.get("peer"):
-            style = {"marker": "s", "facecolors": "none", "edgecolors": colors[i % 10], "label": f"{v['name']} (peer)"}
-        elif v["precision"] == "fp32":
-            style = {"marker": "D", "color": colors[i % 10], "label": f"{v['name']} (fp32{' reference' if v['name'] == 'pytorch-fp32' else ''})"}
-        else:
-            style = {"marker": "o", "color": colors[i % 10], "label": f"{v['name']} (ours)"}
-        ax.scatter(x, y, s=60, linewidths=1.5, **style)
-    ax.set_xlabel(f"median latency, ms ({cell})")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{rep['model']} on {rep['task']}: accuracy vs latency\n{cpu_label(rep['cpu'])}", fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

@@ -129,8 +129,9 @@ def describe(candidate: dict) -> str:
     timed = f"{candidate['name']} {candidate['median_ms']:.2f} ms (engine fp32 {candidate['engine_fp32_ms']:.2f} ms)"
     if "agreement_with_fakequant" not in candidate:
         return f"{timed}, {candidate['not_checked']}"
-    return (f"{timed}, agreement with fake-quant {candidate['agreement_with_fakequant']:.4f} on "
-            f"{candidate['agreement_sentences']} sentences (mean logit difference {candidate['mean_logit_error']:.4f})"
+    sentences = f" on {candidate['agreement_sentences']} sentences" if "agreement_sentences" in candidate else ""  # kept reports before it
+    return (f"{timed}, agreement with fake-quant {candidate['agreement_with_fakequant']:.4f}{sentences} "
+            f"(mean logit difference {candidate['mean_logit_error']:.4f})"
             f"{'' if candidate['eligible'] else ', not eligible'}")
 
 

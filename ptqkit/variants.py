@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from . import peers
+from .changes import changed_examples, changed_rows
 from .backends.base import Engine, KernelEvidence, ModelForms, Runner
 from .backends.pytorch import TorchRunner, eager_profiler
 from .bench import synthetic_inputs
@@ -36,7 +37,8 @@ class Variant:
     compare: the references whose argmax agreement the report gives (agreement_with_<reference>).
     measured: kernels counted and latency timed (False for the fake-quant reference, whose fp32 math says
     nothing about speed). pad_to: evaluate on batches padded to this length (engines with fixed shapes).
-    host_check: the int8 variant whose labels go into host_check.json beside the fake-quant logits.
+    host_check: our int8 variant: its labels go into host_check.json beside the fake-quant logits, and its first
+    changed predictions into the report (changed_examples).
     op_times: the engine's profiler on this variant (profile.OpTimes), where the engine has one.
     """
 
@@ -120,7 +122,7 @@ def build_peers(ld: Loaded, fp32_onnx: Path, calib: list[dict], out_dir: Path, s
 def mark_failed(record: dict, e: Exception) -> dict:
     """Record a peer's or optional engine's failure on its report entry: status and a one-line reason."""
     record.update(status="failed", error=one_line(e))
-    for key in ("metrics", "agreement_with_fp32", "agreement_with_fakequant"):  # partial results are not results
+    for key in ("metrics", "agreement_with_fp32", "agreement_with_fakequant", "changed_vs_fp32", "changed_examples"):  # partial results are not results
         record.pop(key, None)
     return record
 
@@ -154,9 +156,15 @@ def evaluate_variants(variants: list[Variant], ld: Loaded, cfg: RunConfig, built
             v.build = None
             built.pop(v.name, None)
     references = {v.reference: logits[v.name] for v in variants if v.reference and v.name in logits}
+    classes = ld.task.num_labels > 1  # a regression score has no class to change
     for v in variants:
         for ref in v.compare if v.name in logits else ():
             v.record[f"agreement_with_{ref}"] = argmax_agreement(logits[v.name], references[ref])
+        if classes and "fp32" in v.compare and v.name in logits:
+            v.record["changed_vs_fp32"] = len(changed_rows(logits[v.name], references["fp32"]))
+            if v.host_check:  # ours: the first few, for a person to read
+                v.record["changed_examples"] = changed_examples(ld.task.validation, references["fp32"],
+                                                                logits[v.name], ld.model.config.id2label)
         if v.host_check and v.name in logits:
             write_host_check(ld.task.validation, references["fakequant"], logits[v.name], v.name, out_dir)
 

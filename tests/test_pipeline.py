@@ -67,7 +67,11 @@ def test_run_writes_reports_with_kernel_evidence(tiny, tiny_run: tuple[RunConfig
     assert "latency_ms" in by_name["pytorch-fp32"] and "latency_ms" not in by_name["pytorch-fakequant"]
     md = (out / "report.md").read_text()
     assert "## Kernel evidence" in md and f"## Engine selection (--backend auto): {sel['chosen']}" in md
-    assert "| variant | agreement with fp32 | accuracy |" in md  # fidelity is the first column
+    assert "| variant | agreement with fp32 | changed vs fp32 | accuracy |" in md  # fidelity is the first column
+    # changed predictions: counted for every evaluated int8 variant, the first few of ours listed
+    assert ours["changed_vs_fp32"] == round((1 - ours["agreement_with_fp32"]) * 40)
+    assert len(ours["changed_examples"]) == min(5, ours["changed_vs_fp32"])
+    assert f"## Changed predictions: {sel['chosen']} against PyTorch fp32 ({ours['changed_vs_fp32']} of 40" in md
     assert "## Throughput (sequences/s, from the same medians)" in md and "| variant | 2x16 1t |" in md
     # the engine's profiler beside the end-to-end median, for the engine's variants and the PyTorch baseline
     # (torch.profiler); the int8 GEMM limit

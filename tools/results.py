@@ -84,7 +84,8 @@ def load_reports() -> list[dict]:
 
 def cpu_heading(rep: dict) -> str:
     cpu = rep["cpu"]
-    return (f"### {cpu['int8_isa']}, {rep['model']}: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}), "
+    task = f" on {rep['task']}" if rep["eval_examples"] else ""  # a timing-only set has no task
+    return (f"### {cpu['int8_isa']}, {rep['model']}{task}: {cpu['model']} ({cpu['arch']}; {' '.join(cpu['flags'])}), "
             f"commit {rep['commit']}")
 
 
@@ -99,6 +100,15 @@ def ours(rep: dict) -> dict | None:
     int8 = [v for v in rep["variants"] if not v.get("peer") and v["precision"].startswith("int8")
             and "fakequant" not in v["precision"] and v.get("latency_ms")]
     return next((v for v in int8 if chosen is None or v["name"] == chosen), None)
+
+
+def changed(v: dict | None, rep: dict) -> int | None:
+    """Validation rows whose predicted class differs from fp32's (None where not compared). Reports kept before
+    changed_vs_fp32 existed: from agreement_with_fp32 (4 decimals, exact up to 10,000 examples)."""
+    v = v or {}
+    if "changed_vs_fp32" in v or "agreement_with_fp32" not in v or not rep["eval_examples"]:
+        return v.get("changed_vs_fp32")
+    return round((1 - v["agreement_with_fp32"]) * rep["eval_examples"])
 
 
 def accuracy(v: dict | None) -> float | None:
@@ -126,13 +136,21 @@ def headline(reports: list[dict]) -> str:
         acc = f"{accuracy(fp32):.3f} / {accuracy(mine):.3f}" if accuracy(fp32) is not None and accuracy(mine) is not None else ""
         cpu = rep["cpu"]
         rows.append([f"{cpu['model']} ({cpu['arch']})", cpu["int8_isa"], mine["name"] if mine else "none", acc,
-                     (mine or {}).get("agreement_with_fp32", ""),
+                     agreement_cell(mine, rep),
                      f"{'' if fp32_ms is None else f'{fp32_ms:.2f}'} / {'' if int8_ms is None else f'{int8_ms:.2f}'}{speed}",
                      f"{seq_s(fp32, THROUGHPUT_CELL)} / {seq_s(mine, THROUGHPUT_CELL)}{gain}",
-                     "" if nncf_ms is None else f"{nncf_ms:.2f}", rep["commit"]])
+                     agreement_cell(nncf, rep), "" if nncf_ms is None else f"{nncf_ms:.2f}", rep["commit"]])
     return "\n".join(md_table(["CPU", "int8 ISA", "our int8", "accuracy fp32 / int8", "agreement with fp32",
                                 "1x128 ms: eager fp32 / int8", "32x128 sequences/s: eager fp32 / int8",
-                                "NNCF int8 1x128 ms", "commit"], rows))
+                                "NNCF int8 agreement with fp32", "NNCF int8 1x128 ms", "commit"], rows))
+
+
+def agreement_cell(v: dict | None, rep: dict) -> str:
+    """Agreement with fp32 and the changed predictions behind it: "0.9930 (7 of 1000 changed)"."""
+    if not v or "agreement_with_fp32" not in v:
+        return ""
+    n = changed(v, rep)
+    return f"{v['agreement_with_fp32']:.4f}" + ("" if n is None else f" ({n} of {rep['eval_examples']} changed)")
 
 
 def table(rep: dict) -> str:
@@ -163,9 +181,12 @@ def table(rep: dict) -> str:
         acc = accuracy(v)
         kind = " (peer)" if v.get("peer") else " (ours)" if v["precision"].startswith("int8") and "fakequant" not in v["precision"] else ""
         name = f"**{v['name']}**" if kind == " (ours)" else v["name"]
-        agreement = v.get("agreement_with_fp32", 1.0 if v["name"] == "pytorch-fp32" and acc is not None else "")
-        rows.append([f"{name}{kind}", "" if acc is None else f"{acc:.3f}", agreement, v.get("int8_kernels", ""), *lat])
-    lines += md_table(["variant", "accuracy", "agreement with fp32", "int8 kernels", *map(cell_name, cells)], rows)
+        agreement = "1 (reference)" if v["name"] == "pytorch-fp32" and acc is not None else v.get("agreement_with_fp32", "")
+        n = changed(v, rep)
+        rows.append([f"{name}{kind}", "" if acc is None else f"{acc:.3f}", agreement, "" if n is None else n,
+                     v.get("int8_kernels", ""), *lat])
+    lines += md_table(["variant", "accuracy", "agreement with fp32", "changed vs fp32", "int8 kernels",
+                       *map(cell_name, cells)], rows)
     return "\n".join(lines) + "\n"
 
 
