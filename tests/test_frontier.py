@@ -11,7 +11,6 @@ from ptqkit import frontier
 from ptqkit.config import RunConfig
 from ptqkit.errors import UserError
 from ptqkit.pipeline import run
-from tiny import int8_kernels
 
 
 def point(k: int, agreement: float, ms: float) -> dict:
@@ -33,7 +32,7 @@ def test_k0_is_kept_when_timing_noise_puts_every_point_over_budget() -> None:
     assert frontier.choose([point(0, 0.99, 10.0), point(1, 0.99, 9.0)], 0) == 0  # faster but no more faithful
 
 
-def test_frontier_through_the_pipeline(quick_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+def test_frontier_through_the_pipeline(quick_cfg: RunConfig, tiny, tmp_path: Path, monkeypatch) -> None:
     """Five points k = 0..4, each adding the next most sensitive linear; the chosen k (set here: on a random tiny
     model the agreements tie) is what the artefacts carry: that many fewer int8 kernels on the engine."""
     monkeypatch.setattr(frontier, "choose", lambda points, budget: 2)
@@ -50,7 +49,7 @@ def test_frontier_through_the_pipeline(quick_cfg: RunConfig, tmp_path: Path, mon
     assert rep["quantization"]["fallback"] == layers[2]
     ours = next(v for v in rep["variants"] if v["name"] == "onnxruntime-int8")
     attention = rep["quantization"]["config"]["attention_matmuls"]
-    assert ours["int8_kernels"] == int8_kernels("onnxruntime", attention) - 2
+    assert ours["int8_kernels"] == tiny.int8_kernels("onnxruntime", attention) - 2
     md = (tmp_path / "report.md").read_text()
     assert "## Per-layer precision under --max-slowdown 5%: k = 2 chosen" in md
     assert f"| **2** | {layers[2][1]} |" in md
