@@ -22,9 +22,8 @@ import numpy as np
 from . import artifacts, data, user_files
 from .backends import FILE_ENGINES
 from .corpus_variants import VARIANTS, Spec
-from .cpu import describe
 from .errors import UserError
-from .sysinfo import usable_cores
+from .sysinfo import cpu_info, usable_cores
 
 BUILTIN = ("rotten_tomatoes", "imdb")
 IMDB_SAMPLE, IMDB_SEED = 2000, 0
@@ -47,6 +46,7 @@ class CorpusConfig:
     variants: tuple[str, ...] = tuple(VARIANTS)
     timeout_s: int = 3600  # per worker
     engine: str | None = None  # our int8 engine; default: the one bert_ptq.py chose
+    docs: tuple[str, ...] = ()  # Markdown files whose block corpus-<corpus> gets the table (docblocks)
 
 
 @dataclass
@@ -201,10 +201,13 @@ def run(cfg: CorpusConfig) -> dict:
                             str(tmp / f"{variant}-{t}.result.json"))
                 results[variant][t] = _worker(spec, tmp, cfg.timeout_s)
                 print(f"corpus: {variant} at {t} thread(s): " + _line(results[variant][t]), file=sys.stderr)
-    from .corpus_report import build, write
+    from .corpus_report import build, table, write
+    from .docblocks import replace_block
 
-    report = build(cfg, rows, threads, engine, results, describe())
+    report = build(cfg, rows, threads, engine, results, cpu_info())
     write(report, layout)
+    for doc in cfg.docs:
+        replace_block(doc, f"corpus-{rows.name}", "python " + " ".join(sys.argv), table(report))
     return report
 
 
@@ -217,6 +220,8 @@ def add_flags(p) -> None:
     p.add_argument("--limit", type=positive_int, help="with --corpus: only the first N rows")
     p.add_argument("--latency-rows", type=positive_int, default=CorpusConfig.latency_rows,
                    help="with --corpus: batch-1 requests timed (the first rows, in file order)")
+    p.add_argument("--docs", action="append", default=[], metavar="FILE.md",
+                   help="with --corpus: also write the table into FILE.md's block corpus-<corpus> (repeatable)")
     p.add_argument("--variants", help=f"with --corpus: comma-separated subset of {', '.join(VARIANTS)}")
 
 
@@ -229,7 +234,7 @@ def config_from_args(args) -> CorpusConfig:
         label_column=args.label_column, encoding=args.encoding, limit=args.limit, batch_size=args.batch_size,
         latency_rows=args.latency_rows, threads=parse_threads(args.threads) if args.threads else (),
         variants=tuple(args.variants.split(",")) if args.variants else tuple(VARIANTS),
-        engine=args.backend if args.backend in FILE_ENGINES else None)
+        engine=args.backend if args.backend in FILE_ENGINES else None, docs=tuple(args.docs))
 
 
 def _line(r: dict) -> str:

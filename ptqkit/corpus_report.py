@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .artifacts import Layout, atomic_path, write_json, write_text
 from .corpus_variants import FP32
+from .sysinfo import cpu_label
 
 
 def build(cfg, rows, threads: tuple[int, ...], engine: str, results: dict[str, dict[int, dict]], cpu: dict) -> dict:
@@ -52,13 +53,20 @@ def _ctranslate2_version() -> dict:
 
 
 def markdown(rep: dict) -> str:
+    c = rep["corpus"]
+    return f"# Corpus benchmark: {c['name']}\n\n" + table(rep)
+
+
+def table(rep: dict) -> str:
+    """The corpus, CPU and engine line, one row per variant, the failed ones, the method: corpus.md's body and
+    the docs' corpus blocks."""
     c, ts = rep["corpus"], rep["threads"]
     head = ["variant", *(f"rows/s @{t}t" for t in ts), *(f"p50/p99 ms @{t}t" for t in ts), "accuracy",
             "agreement w/ fp32", "peak RSS MiB"]
-    lines = [f"# Corpus benchmark: {c['name']}", "",
-             f"{c['rows']} rows, mean {c['mean_tokens']} tokens, max {c['max_seq_len']} ({c['truncated']} truncated, "
-             f"{c['empty_texts']} empty); batch {rep['batch_size']}; {rep['latency_requests']} batch-1 requests; "
-             f"CPU: {rep['cpu'].get('model', '?')}; our engine: {rep['our_engine']}.", "",
+    lines = [f"{c['name']}: {c['rows']} rows, mean {c['mean_tokens']} tokens, max {c['max_seq_len']} ({c['truncated']} "
+             f"truncated, {c['empty_texts']} empty); batch {rep['batch_size']}; {rep['latency_requests']} batch-1 "
+             f"requests; CPU: {cpu_label(rep['cpu'])}, "
+             f"{rep['cpu'].get('cpus', '?')} cpus, flags {' '.join(rep['cpu'].get('flags', []))}; our engine: {rep['our_engine']}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in rep["variants"]:
         if v["status"] != "ok":

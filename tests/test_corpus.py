@@ -36,7 +36,10 @@ def test_smoke_run_writes_the_report_and_lists_a_failed_peer(corpus_artefacts, t
     out = _copy(out, tmp_path / "out")
     rows = tmp_path / "rows.csv"
     rows.write_text("review,label\n" + "".join(f"{'good film ' * (i % 30)},{i % 2}\n" for i in range(40)))
-    proc = _bench(out, model, "--corpus", str(rows), "--variants", "ours-int8,ours-int8-padded,nncf-openvino-int8")
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- corpus-rows.csv:begin (old) -->\nstale\n<!-- corpus-rows.csv:end -->\nafter\n")
+    proc = _bench(out, model, "--corpus", str(rows), "--variants", "ours-int8,ours-int8-padded,nncf-openvino-int8",
+                  "--docs", str(doc))
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((out / "corpus.json").read_text())
     assert rep["corpus"] == {"name": "rows.csv", "rows": 40, "labelled": True, "empty_texts": 2, "truncated": 14,
@@ -50,6 +53,9 @@ def test_smoke_run_writes_the_report_and_lists_a_failed_peer(corpus_artefacts, t
     assert "warning: 2 of 40 rows are empty" in proc.stderr and "warning: 14 of 40 rows are texts longer" in proc.stderr
     assert (out / "corpus.png").read_bytes()[:4] == b"\x89PNG" and "| ours-int8 |" in (out / "corpus.md").read_text()
     assert not list(out.glob(".corpus*"))
+    block = doc.read_text()
+    assert block.startswith("before\n<!-- corpus-rows.csv:begin (written by `python ") and "--docs" in block
+    assert "stale" not in block and "| ours-int8 |" in block and block.endswith("<!-- corpus-rows.csv:end -->\nafter\n")
 
 
 @pytest.mark.parametrize("content, flags, message", [
