@@ -106,6 +106,18 @@ def _int8(tiny: Tiny, model, q, path: Path):
 
 
 @pytest.fixture(scope="session")
+def export_example(tiny: Tiny) -> dict:
+    """The shape the tiny model is exported at: batch 1, seq 16."""
+    return tiny.batch(1, 16, seed=5)
+
+
+@pytest.fixture(scope="session")
+def other_shape(tiny: Tiny) -> dict:
+    """Another batch and length to run an exported model at (dynamic axes)."""
+    return tiny.batch(32, 20, seed=7)
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One tiny BERT ("model") exported as fp32 ONNX ("fp32": its path) and, per device contract ("x86",
     "aarch64"), calibrated on four batches: a namespace of the quantizer `q`, the converted model `converted` and
@@ -200,6 +212,23 @@ def user_cfg(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     )
 
 
+def widen_logits(model) -> None:
+    """Scale a tiny random BERT's weights up (in place, under no_grad) so that its logits move with the input and
+    [CLS] reads the other tokens: a random model's labels would otherwise hardly vary."""
+    model.classifier.weight.mul_(50)
+    model.bert.embeddings.word_embeddings.weight.mul_(20)
+    model.bert.pooler.dense.weight.mul_(10)
+    for layer in model.bert.encoder.layer:
+        layer.attention.self.value.weight.mul_(10)
+        layer.attention.output.dense.weight.mul_(10)
+
+
+@pytest.fixture(scope="session")
+def widen():
+    """widen_logits, for test modules (they take fixtures, not imports from conftest)."""
+    return widen_logits
+
+
 @pytest.fixture(scope="session")
 def informative_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, user_cfg) -> Path:
     """The tiny classifier with its weights scaled up and its head centred on the validation texts, so that its
@@ -210,12 +239,7 @@ def informative_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_d
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with torch.no_grad():
-        model.classifier.weight.mul_(50)
-        model.bert.embeddings.word_embeddings.weight.mul_(20)
-        model.bert.pooler.dense.weight.mul_(10)
-        for layer in model.bert.encoder.layer:  # let [CLS] read the other tokens
-            layer.attention.self.value.weight.mul_(10)
-            layer.attention.output.dense.weight.mul_(10)
+        widen_logits(model)
         texts = [line.rsplit(",", 1)[0] for line in Path(user_cfg.validation_file).read_text().splitlines()[1:]]
         inputs = tokenizer(texts, padding=True, truncation=True, max_length=user_cfg.max_seq_len, return_tensors="pt")
         model.classifier.bias.sub_(model(**inputs).logits.median(0).values)
@@ -303,13 +327,8 @@ def corpus_artefacts(tmp_path_factory, tiny_model_dir: Path, write_csv) -> tuple
     val_csv = write_csv(d / "val.csv", 40, 1)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    with torch.no_grad():  # a random model's logits barely move with the input: widen and centre them (as test_runtime)
-        model.classifier.weight.mul_(50)
-        model.bert.embeddings.word_embeddings.weight.mul_(20)
-        model.bert.pooler.dense.weight.mul_(10)
-        for layer in model.bert.encoder.layer:
-            layer.attention.self.value.weight.mul_(10)
-            layer.attention.output.dense.weight.mul_(10)
+    with torch.no_grad():  # a random model's logits barely move with the input: widen and centre them
+        widen_logits(model)
         texts = [line.rsplit(",", 1)[0] for line in val_csv.read_text().splitlines()[1:]]
         logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
         model.classifier.bias.sub_(logits.median(0).values)

@@ -29,7 +29,7 @@ def _batches(tokenizer, words: list[str], n: int, size: int, seed: int) -> list[
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory, tiny_model_dir, words):
+def quantized(tmp_path_factory, tiny_model_dir, words, widen):
     """A tiny BERT (conftest's BertConfig) whose weights are widened so that its labels vary, quantized on 4 train
     batches and exported; 4 other batches to evaluate on."""
     import torch
@@ -37,13 +37,8 @@ def quantized(tmp_path_factory, tiny_model_dir, words):
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    with torch.no_grad():  # as in test_runtime: a random model's logits barely move with the input
-        model.classifier.weight.mul_(50)
-        model.bert.embeddings.word_embeddings.weight.mul_(20)
-        model.bert.pooler.dense.weight.mul_(10)
-        for layer in model.bert.encoder.layer:
-            layer.attention.self.value.weight.mul_(10)
-            layer.attention.output.dense.weight.mul_(10)
+    with torch.no_grad():  # a random model's logits barely move with the input
+        widen(model)
     calib, held_out = _batches(tokenizer, words, 4, 8, 0), _batches(tokenizer, words, 4, 16, 1)
     with torch.no_grad():
         float_logits = torch.cat([model(**b).logits for b in held_out])

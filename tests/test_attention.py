@@ -30,18 +30,6 @@ def calib(tiny):
 
 
 @pytest.fixture(scope="module")
-def example(tiny):
-    """Export shape."""
-    return tiny.batch(1, 16, seed=5)
-
-
-@pytest.fixture(scope="module")
-def eval_batch(tiny):
-    """Another batch and length."""
-    return tiny.batch(32, 20, seed=7)
-
-
-@pytest.fixture(scope="module")
 def bert(tiny_onnx):
     return tiny_onnx["model"]
 
@@ -68,8 +56,8 @@ def converted(q, bert):
 
 
 @pytest.fixture(scope="module")
-def onnx_path(example, converted, tmp_path_factory):
-    return export_onnx(converted, INPUT_NAMES, example, tmp_path_factory.mktemp("attention") / "int8.onnx")
+def onnx_path(export_example, converted, tmp_path_factory):
+    return export_onnx(converted, INPUT_NAMES, export_example, tmp_path_factory.mktemp("attention") / "int8.onnx")
 
 
 def test_operand_grids(q):
@@ -84,33 +72,33 @@ def test_operand_grids(q):
         assert float(probs.max_val) <= 1.0 and float(probs.scale) <= 1 / 255 + 1e-7
 
 
-def test_converted_model_equals_graph(eval_batch, tiny, tiny_onnx, q, bert, converted):
-    for batch in (eval_batch, tiny.batch(1, 5, seed=3)):
+def test_converted_model_equals_graph(other_shape, tiny, tiny_onnx, q, bert, converted):
+    for batch in (other_shape, tiny.batch(1, 5, seed=3)):
         assert torch.equal(tiny.logits(converted, batch), tiny.logits(q.graph, batch))
     assert sum(type(m).__name__ == "QuantAttention" for m in converted.modules()) == LAYERS
     assert bert.config._attn_implementation == "eager"  # the float model is untouched
     # attention quantization is on: the x86 contract without it gives other outputs
     plain = tiny_onnx["x86"].q
     assert not plain.config.attention_matmuls
-    assert not torch.equal(tiny.logits(plain.graph, eval_batch), tiny.logits(converted, eval_batch))
+    assert not torch.equal(tiny.logits(plain.graph, other_shape), tiny.logits(converted, other_shape))
 
 
-def test_one_attention_matmul_left_in_fp32(eval_batch, tiny, q, bert):
+def test_one_attention_matmul_left_in_fp32(other_shape, tiny, q, bert):
     """Fallback of a single matmul point: its operands pass through, the rest stays quantized."""
     q = copy.deepcopy(q)
     q.fallback({"bert.encoder.layer.0.attention.self.qk": 1.0}, 1)
     converted = q.convert(bert)
-    assert torch.equal(tiny.logits(converted, eval_batch), tiny.logits(q.graph, eval_batch))
+    assert torch.equal(tiny.logits(converted, other_shape), tiny.logits(q.graph, other_shape))
     assert not hasattr(converted.bert.encoder.layer[0].attention.self.quant_attention, "query_scale")
 
 
-def test_state_round_trip_and_torchscript(eval_batch, example, tiny, q, bert, converted, tmp_path):
+def test_state_round_trip_and_torchscript(other_shape, export_example, tiny, q, bert, converted, tmp_path):
     q.save(tmp_path / "state")
     again = Quantizer.load(tmp_path / "state", copy.deepcopy(bert)).convert(bert)
-    assert torch.equal(tiny.logits(again, eval_batch), tiny.logits(converted, eval_batch))
-    traced = torch.jit.load(str(export_torchscript(converted, INPUT_NAMES, example, tmp_path / "int8.pt")))
+    assert torch.equal(tiny.logits(again, other_shape), tiny.logits(converted, other_shape))
+    traced = torch.jit.load(str(export_torchscript(converted, INPUT_NAMES, export_example, tmp_path / "int8.pt")))
     with torch.no_grad():
-        assert torch.equal(traced(*(example[n] for n in INPUT_NAMES)), tiny.logits(converted, example))
+        assert torch.equal(traced(*(export_example[n] for n in INPUT_NAMES)), tiny.logits(converted, export_example))
 
 
 def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(tiny, onnx_path):
@@ -129,7 +117,7 @@ def test_onnx_has_qdq_on_both_operands_of_attention_matmuls(tiny, onnx_path):
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
-def test_engines_run_int8_attention(eval_batch, tiny, engine, q, onnx_path):
+def test_engines_run_int8_attention(other_shape, tiny, engine, q, onnx_path):
     runner = get_backend(engine).compile(onnx_path, 1, "int8")
     ev = runner.kernels()
     if engine == "openvino" and host_int8_isa() not in SATURATING_ISAS:
@@ -140,8 +128,8 @@ def test_engines_run_int8_attention(eval_batch, tiny, engine, q, onnx_path):
         assert ev.int8 == tiny.LINEARS + ATTENTION_MATMULS, ev.details
     else:  # every MatMul, attention included, became an int8 op
         assert ev.int8 == tiny.LINEARS + ATTENTION_MATMULS and ev.fp32 == 0, ev.details
-    ref = tiny.logits(q.graph, eval_batch).numpy()
-    out = runner({k: v.numpy() for k, v in eval_batch.items()})
+    ref = tiny.logits(q.graph, other_shape).numpy()
+    out = runner({k: v.numpy() for k, v in other_shape.items()})
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
     assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
 
@@ -206,11 +194,11 @@ def test_inductor_compiles_attention_in_fp32(tiny, converted, q):
     assert ev.fp32 == ev.details.get("aten.bmm.default", 0) == ATTENTION_MATMULS, ev.details
 
 
-def test_inductor_qdq_form_computes_the_converted_model(eval_batch, tiny, converted):
+def test_inductor_qdq_form_computes_the_converted_model(other_shape, tiny, converted):
     """Inductor's traceable rewrite (QDQAttention beside QDQLinear) computes what the converted model computes."""
     from ptqkit.backends.inductor_qdq import QDQAttention, to_qdq_module
 
     qdq = to_qdq_module(converted)
     assert sum(isinstance(m, QDQAttention) for m in qdq.modules()) == LAYERS
-    ref = tiny.logits(converted, eval_batch).numpy()
-    np.testing.assert_allclose(tiny.logits(qdq, eval_batch).numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    ref = tiny.logits(converted, other_shape).numpy()
+    np.testing.assert_allclose(tiny.logits(qdq, other_shape).numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())

@@ -14,43 +14,31 @@ from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 
 
 @pytest.fixture(scope="module")
-def example(tiny):
-    """Export shape."""
-    return tiny.batch(1, 16, seed=5)
+def eval_np(other_shape):
+    return {k: v.numpy() for k, v in other_shape.items()}
 
 
 @pytest.fixture(scope="module")
-def eval_batch(tiny):
-    """Run shape (dynamic axes)."""
-    return tiny.batch(32, 20, seed=7)
-
-
-@pytest.fixture(scope="module")
-def eval_np(eval_batch):
-    return {k: v.numpy() for k, v in eval_batch.items()}
-
-
-@pytest.fixture(scope="module")
-def artefacts(eval_batch, example, tiny, tiny_onnx, tmp_path_factory):
+def artefacts(other_shape, export_example, tiny, tiny_onnx, tmp_path_factory):
     """ONNX files and the torch reference logits for each: fp32, int8 (x86, aarch64), int8 with 2 fp32 layers."""
     out = tmp_path_factory.mktemp("onnx")
     model = tiny_onnx["model"]
-    arts = {"fp32": (tiny_onnx["fp32"], tiny.logits(model, eval_batch).numpy(), tiny.LINEARS)}
+    arts = {"fp32": (tiny_onnx["fp32"], tiny.logits(model, other_shape).numpy(), tiny.LINEARS)}
     for device in ("x86", "aarch64"):
         int8 = tiny_onnx[device]
-        arts[device] = (int8.path, tiny.logits(int8.q.graph, eval_batch).numpy(), tiny.LINEARS)
+        arts[device] = (int8.path, tiny.logits(int8.q.graph, other_shape).numpy(), tiny.LINEARS)
     q = copy.deepcopy(tiny_onnx["aarch64"].q)  # the aarch64 quantizer, now with two layers left in fp32
     q.fallback(q.amp([tiny.batch(8, 16, 200)]), 2)
-    path = export_onnx(q.convert(model), INPUT_NAMES, example, out / "int8-fallback.onnx")
-    arts["fallback"] = (path, tiny.logits(q.graph, eval_batch).numpy(), tiny.LINEARS - 2)
+    path = export_onnx(q.convert(model), INPUT_NAMES, export_example, out / "int8-fallback.onnx")
+    arts["fallback"] = (path, tiny.logits(q.graph, other_shape).numpy(), tiny.LINEARS - 2)
     q = Quantizer("x86")  # runtime smoothing (a Mul in front of each activation quantizer), two layers in fp32
     batches = [tiny.batch(8, 16, 100 + i) for i in range(4)]
     graph = q.calib(model)
     smooth_runtime(q, collect_input_absmax(model, batches), 0.8)
     run_calibration(graph, batches)
     q.fallback(q.amp([tiny.batch(8, 16, 200)]), 2)
-    path = export_onnx(q.convert(model), INPUT_NAMES, example, out / "int8-smoothed.onnx")
-    arts["smoothed"] = (path, tiny.logits(q.graph, eval_batch).numpy(), tiny.LINEARS - 2)
+    path = export_onnx(q.convert(model), INPUT_NAMES, export_example, out / "int8-smoothed.onnx")
+    arts["smoothed"] = (path, tiny.logits(q.graph, other_shape).numpy(), tiny.LINEARS - 2)
     assert len(set(arts["fp32"][1].argmax(1))) == 2  # informative logits: both classes predicted
     return arts
 

@@ -13,18 +13,6 @@ from ptqkit.smoothquant import collect_input_absmax, smooth_runtime
 
 
 @pytest.fixture(scope="module")
-def export_example(tiny):
-    """ONNX is traced at batch 1, seq 16."""
-    return tiny.batch(1, 16, seed=5)
-
-
-@pytest.fixture(scope="module")
-def other_shape(tiny):
-    """Another batch and length to run the traced ONNX at."""
-    return tiny.batch(32, 20, seed=7)
-
-
-@pytest.fixture(scope="module")
 def bert(tiny_onnx):
     return tiny_onnx["model"]
 
