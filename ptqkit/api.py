@@ -63,8 +63,9 @@ class QuantizedModel:
         return self.quantizer.convert(self.model)
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write the artefact directory as bert_ptq.py does: quant_state/, model_fp32.onnx, model_int8_qdq.onnx,
-        model_int8_fakequant.pt and, with a tokenizer, tokenizer/ and runtime.json. Returns name -> path."""
+        """Write the artefact directory as bert_ptq.py does (artifacts.Layout names the files): the quantization
+        state, the fp32 and int8 QDQ ONNX, the fake-quant TorchScript and, with a tokenizer, tokenizer/ and
+        runtime.json. Returns name -> path."""
         out = artifacts.ensure_output_dir(out_dir)
         layout = artifacts.Layout(out)
         self.quantizer.save(layout.quant_state)
