@@ -11,14 +11,12 @@ def main() -> int:
     p = parser(__doc__)
     p.add_argument("--backends", help="comma-separated engines to time (default: --backend)")
     add_bench_flags(p)
-    from ptqkit.corpus import add_flags
+    from ptqkit import corpus
 
-    add_flags(p)
+    corpus.add_flags(p)
     args = p.parse_args()
     if args.corpus:
-        from ptqkit.corpus import config_from_args, run
-
-        run(config_from_args(args))
+        corpus.run(corpus.config_from_args(args))
         return 0
 
     from ptqkit.steps import bench_step
