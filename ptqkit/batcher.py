@@ -30,8 +30,13 @@ def bucket_edges(max_len: int, buckets: int = BUCKETS) -> tuple[int, ...]:
     (the shortest merge first)."""
     edges = [max_len]
     while edges[0] // 2 >= SMALLEST_BUCKET and len(edges) < buckets:
-        edges.insert(0, 2 ** ((edges[0] - 1).bit_length() - 1) if edges[0] & (edges[0] - 1) else edges[0] // 2)
+        edges.insert(0, 1 << ((edges[0] - 1).bit_length() - 1))  # the largest power of two below the shortest edge
     return tuple(edges)
+
+
+def bucket_of(length: int, edges: Sequence[int]) -> int:
+    """Index of the shortest bucket that holds `length` tokens (the last one for anything longer)."""
+    return next((k for k, e in enumerate(edges) if length <= e), len(edges) - 1)
 
 
 def plan(lengths: Sequence[int], batch_size: int, edges: Sequence[int]) -> list[list[int]]:
@@ -40,7 +45,7 @@ def plan(lengths: Sequence[int], batch_size: int, edges: Sequence[int]) -> list[
     batches: list[list[int]] = []
     bucket, current = None, []
     for i in order:
-        b = next((k for k, e in enumerate(edges) if lengths[i] <= e), len(edges) - 1)
+        b = bucket_of(lengths[i], edges)
         if current and (b != bucket or len(current) == batch_size):
             batches.append(current)
             current = []
@@ -80,10 +85,10 @@ class OpenVINOPool:
     def __init__(self, model_path: str | Path, threads: int, precision: str):
         import openvino as ov
 
-        from .backends.openvino import _compile
+        from .backends.openvino import compile_configured
 
         extra = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads}
-        self.compiled, self.input_names = _compile(model_path, threads, precision, extra)
+        self.compiled, self.input_names = compile_configured(model_path, threads, precision, extra)
         self.queue = ov.AsyncInferQueue(self.compiled, threads)
 
     def map(self, inputs: Iterable[Inputs]) -> list[np.ndarray]:
@@ -121,7 +126,7 @@ class Requests:
         length = None
         if self.edges:
             longest = max(len(f["input_ids"]) for f in features)
-            edge = next((e for e in self.edges if longest <= e), self.edges[-1])
+            edge = self.edges[bucket_of(longest, self.edges)]
             # a long request padded far costs more than the static copy saves (IMDB: ~280 tokens padded to 512)
             length = edge if edge - longest <= max(PAD_SLACK, longest // 4) else None
         return self.runner(pad(features, self.pad_id, self.names, length))

@@ -48,13 +48,26 @@ class Spec:
     result_file: str
 
 
+def runtime_config(spec: Spec):
+    """The artefacts' runtime.json, truncating at the corpus's --max-seq-len (not the exported run's): every
+    variant truncates alike."""
+    from .runtime import RuntimeConfig, read_json
+
+    rc = RuntimeConfig.from_dict(read_json(Layout(Path(spec.artefacts)).runtime_json, "run bert_ptq.py first"))
+    return replace(rc, max_seq_len=spec.max_seq_len)
+
+
+def in_file_order(call: Callable[[Sequence[str]], Logits], texts: Sequence[str], batch_size: int) -> Logits:
+    """`call` on consecutive batches of `texts`, in file order: how a transformers pipeline batches."""
+    return np.concatenate([call(texts[s : s + batch_size]) for s in range(0, len(texts), batch_size)])
+
+
 def _ours(spec: Spec, naive: bool) -> Predictor:
     from .backends import get_backend
-    from .runtime import Classifier, RuntimeConfig, Tokenizer
+    from .runtime import Classifier, Tokenizer
 
     layout = Layout(Path(spec.artefacts))
-    # the corpus's --max-seq-len, not the exported run's: every variant truncates alike
-    cfg = replace(RuntimeConfig.from_dict(json.loads(layout.runtime_json.read_text())), max_seq_len=spec.max_seq_len)
+    cfg = runtime_config(spec)
     latency = get_backend(spec.engine).compile(layout.root / cfg.model_file, spec.threads, "int8")
     if naive:  # evaluate.py's old way: file order, every row padded to the maximum, one request at a time
         tokenizer, pool = Tokenizer(layout.tokenizer_json, cfg), batcher.SerialPool(latency)
@@ -81,10 +94,8 @@ def pipeline_style(tokenizer, run: Callable[[dict], Logits], names: Sequence[str
         enc = tokenizer(list(texts), padding=True, truncation=True, max_length=spec.max_seq_len, return_tensors=tensors)
         return np.asarray(run({n: enc[n] for n in names}))
 
-    def batch(texts: Sequence[str]) -> Logits:
-        return np.concatenate([call(texts[s : s + spec.batch_size]) for s in range(0, len(texts), spec.batch_size)])
-
-    return Predictor(batch, lambda text: call([text]), "file order, padded to the longest in the batch")
+    return Predictor(lambda texts: in_file_order(call, texts, spec.batch_size), lambda text: call([text]),
+                     "file order, padded to the longest in the batch")
 
 
 def hf_tokenizer(spec: Spec):
@@ -102,7 +113,7 @@ def torch_model(spec: Spec):
 
 
 def input_names(spec: Spec) -> tuple[str, ...]:
-    return tuple(json.loads(Layout(Path(spec.artefacts)).runtime_json.read_text())["input_names"])
+    return runtime_config(spec).input_names
 
 
 def pytorch_fp32(spec: Spec) -> Predictor:
@@ -129,19 +140,14 @@ def nncf_openvino(spec: Spec) -> Predictor:
 
 
 def ort_dynamic(spec: Spec) -> Predictor:
-    from .backends.onnxruntime import ORTBackend
+    from .backends.onnxruntime import ORTBackend, quantize_dynamic_file
 
     layout = Layout(Path(spec.artefacts))
     path = layout.peer_ort_dynamic_onnx
-    if not path.is_file():  # bert_ptq.py --skip-peers: quantize the fp32 model as peers.ort_dynamic_int8 does
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        from .artifacts import atomic_path
-
+    if not path.is_file():  # bert_ptq.py --skip-peers: quantize the fp32 model here, as bert_ptq.py's peer does
         path = Path(spec.work_dir) / path.name
         if not path.is_file():
-            with atomic_path(path) as tmp:
-                quantize_dynamic(str(layout.fp32_onnx), str(tmp), weight_type=QuantType.QInt8)
+            quantize_dynamic_file(layout.fp32_onnx, path)
     runner = ORTBackend(fuse_attention=False).compile(path, spec.threads, "int8")
     return pipeline_style(hf_tokenizer(spec), runner, runner.input_names, spec)
 
@@ -177,10 +183,8 @@ def ctranslate2_int8(spec: Spec) -> Predictor:
         pooled = np.asarray(encoder.forward_batch(enc["input_ids"], token_type_ids=types).pooler_output)
         return pooled @ w + b
 
-    def batch(texts: Sequence[str]) -> Logits:
-        return np.concatenate([call(texts[s : s + spec.batch_size]) for s in range(0, len(texts), spec.batch_size)])
-
-    return Predictor(batch, lambda text: call([text]), "its own batching: no padding computed")
+    return Predictor(lambda texts: in_file_order(call, texts, spec.batch_size), lambda text: call([text]),
+                     "its own batching: no padding computed")
 
 
 def torchao_pt2e(spec: Spec) -> Predictor:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .backends.base import ONNX, Engine
 from .backends.pytorch import TorchRunner
+from .changes import changed_rows
 from .config import RunConfig
 from .data import encode, split_train
 from .errors import UserError
@@ -64,7 +65,7 @@ def precision_frontier(q: Quantizer, ld: Loaded, cfg: RunConfig, n_calib: int, s
                 logits = predict_logits(runner, holdout, cfg.batch_size, ld.pad_id, f"frontier: k={k}", pad_to)
             agreement = argmax_agreement(logits, fp32)
             points.append({"k": k, "float_layers": layers, "agreement_with_fp32": agreement,
-                           "changed_vs_fp32": int((logits.argmax(-1) != fp32.argmax(-1)).sum())})
+                           "changed_vs_fp32": len(changed_rows(logits, fp32))})
             builders[f"k={k}"] = lambda t, form=form: engine.compile(form, t, precision)
         bench = replace(cfg.bench, shapes=cfg.bench.shapes[:1], threads=(threads,), profile_calls=0)
         with stages.time("frontier: timing"):

@@ -13,7 +13,7 @@ import torch
 
 from . import artifacts
 from .backends.base import Runner
-from .backends.onnxruntime import ORTBackend
+from .backends.onnxruntime import ORTBackend, quantize_dynamic_file
 from .backends.openvino import OpenVINOBackend, default_int8_precision
 from .backends.pytorch import TorchRunner, eager_profiler
 from .profile import OpTimes
@@ -62,12 +62,7 @@ def openvino_bf16(fp32_onnx: Path) -> Peer:
 
 def ort_dynamic_int8(fp32_onnx: Path, out_dir: Path) -> Peer:
     """ONNX Runtime dynamic quantization: int8 weights, activations quantized per call (no calibration)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    path = artifacts.Layout(out_dir).peer_ort_dynamic_onnx
-    with artifacts.atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(fp32_onnx), str(tmp), weight_type=QuantType.QInt8)
+    path = quantize_dynamic_file(fp32_onnx, artifacts.Layout(out_dir).peer_ort_dynamic_onnx)
     backend = ORTBackend(fuse_attention=False)  # a plain session on quantize_dynamic's file, as its users run it
     return Peer("onnxruntime-dynamic-int8", "onnxruntime", "int8", lambda t: backend.compile(path, t, "int8"), str(path),
                 backend.profiler(path, "int8"))

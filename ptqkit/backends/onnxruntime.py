@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..artifacts import atomic_path
 from .base import OP_KINDS, Engine, Inputs, KernelEvidence
 from .ort_attention import to_multihead_attention
 
@@ -34,6 +36,17 @@ class ORTRunner:
         """Op types of the graph as ORT optimized it (read at session creation)."""
         return self.evidence
 
+
+def quantize_dynamic_file(fp32_onnx: Path, path: Path) -> Path:
+    """ONNX Runtime's dynamic int8 (quantize_dynamic: int8 weights, activations quantized per call) of an fp32 ONNX,
+    written atomically to `path`: the peer users reach for without calibration (bert_ptq.py's and the corpus
+    benchmark's)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(fp32_onnx), str(tmp), weight_type=QuantType.QInt8)
+    return path
 
 def _optimized_ops(path: Path) -> KernelEvidence:
     import onnx

@@ -40,7 +40,7 @@ class OpenVINORunner:
         key = tuple(inputs[n].shape for n in self.input_names)
         if key not in self._static:
             model_path, threads, precision = self._source
-            compiled, _ = _compile(model_path, threads, precision, static=dict(zip(self.input_names, key)))
+            compiled, _ = compile_configured(model_path, threads, precision, static=dict(zip(self.input_names, key)))
             self._static[key] = compiled.create_infer_request()
 
     def __call__(self, inputs: Inputs) -> np.ndarray:
@@ -118,7 +118,7 @@ class OpenVINOBackend(Engine):
         Threads are pinned only when they cover every core this process may use. The plugin pins to the first
         cores of the process's mask, so processes that each take a share of a machine (Ray actors and trials with
         one CPU each) would all land on core 0 and share it (openvinotoolkit/openvino#32444)."""
-        compiled, inputs = _compile(model_path, threads, precision)
+        compiled, inputs = compile_configured(model_path, threads, precision)
         return OpenVINORunner(compiled, inputs, model_path, threads, precision)
 
     def op_times(self, model_path: str | Path, threads: int, precision: str, inputs: Inputs, calls: int,
@@ -145,7 +145,7 @@ def perf_counters(model_path: str | Path, threads: int, precision: str, inputs: 
     """The model compiled with PERF_COUNT for the shape of `inputs` (as the timed runner's static copy), and per
     call (after one warm-up call, on a request of its own) the CPU plugin's performance counters of the nodes it
     executed; `between` runs after each counted call."""
-    compiled, names = _compile(model_path, threads, precision, {"PERF_COUNT": True},
+    compiled, names = compile_configured(model_path, threads, precision, {"PERF_COUNT": True},
                                static={n: inputs[n].shape for n in inputs})
     request = compiled.create_infer_request()
     feed = {n: np.ascontiguousarray(inputs[n]) for n in names}
@@ -178,10 +178,11 @@ def _rt(op, key: str) -> str:
     return info[key].astype(str) if key in info else ""
 
 
-def _compile(model_path: str | Path, threads: int, precision: str, extra: dict | None = None,
-             static: dict[str, tuple[int, ...]] | None = None):
-    """The compiled model (see OpenVINOBackend.compile) and its input names; `static`: input name -> shape, to
-    compile for that one shape."""
+def compile_configured(model_path: str | Path, threads: int, precision: str, extra: dict | None = None,
+                       static: dict[str, tuple[int, ...]] | None = None):
+    """The compiled model (see OpenVINOBackend.compile) and its input names; `extra`: more compile properties
+    (the batcher's throughput streams, the profiler's counters); `static`: input name -> shape, to compile for that
+    one shape."""
     import openvino as ov
 
     core = ov.Core()
