@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .calibration import METHODS
 from .config import QuantSpec
-from .qmodel import channel_multiply, fake_quantize
+from .qmodel import channel_multiply, fake_quantize, plain_inference
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -87,6 +87,7 @@ class Observer(nn.Module):
         self.register_buffer("qparams_valid", torch.tensor(False))
         self.register_buffer("channel_mul", torch.empty(0))
         self.channel_range: tuple[Tensor, Tensor] | None = None  # see track_channels (not saved: calibration only)
+        self._frozen_weight: tuple[tuple, Tensor] | None = None  # see _fake_quantize_parameter (not saved)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -103,7 +104,20 @@ class Observer(nn.Module):
             return x
         if not bool(self.qparams_valid):
             self._store_qparams()  # statistics changed since the last freeze: fake-quant with current ones
+        if type(x) is nn.Parameter and plain_inference():
+            return self._fake_quantize_parameter(x)
         return self._fake_quantize(x)
+
+    def _fake_quantize_parameter(self, w: nn.Parameter) -> Tensor:
+        """A weight's fake-quant values, computed once and reused while neither the weight nor the qparams change
+        (each in-place change bumps a tensor's version): the eager fake-quant reference (auto check, evaluation)
+        otherwise re-quantizes every weight on every batch, 13% of its time on the default model (issue #31).
+        Costs one float copy of the quantized weights while the graph is used."""
+        key = (w.data_ptr(), w._version, self.scale.data_ptr(), self.scale._version, self.zero_point.data_ptr(),
+               self.zero_point._version)
+        if self._frozen_weight is None or self._frozen_weight[0] != key:
+            self._frozen_weight = (key, self._fake_quantize(w))
+        return self._frozen_weight[1]
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         s = self.spec
@@ -129,7 +143,8 @@ class Observer(nn.Module):
         x = x.detach().float()
         axis = self.spec.ch_axis
         if self.channel_range is not None:  # per-channel min/max first: the tensor's are theirs (one pass, not two)
-            c_lo, c_hi = torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)
+            rows = x.reshape(-1, x.shape[-1])  # amin + amax: 9x faster than aminmax(dim=0) on torch 2.13's CPU
+            c_lo, c_hi = rows.amin(0), rows.amax(0)
             lo, hi = c_lo.amin(), c_hi.amax()
         elif axis is None:
             lo, hi = torch.aminmax(x)
@@ -173,7 +188,7 @@ class Observer(nn.Module):
             self.hist.copy_(_rebin(self.hist, lo, hi, new_lo, new_hi))
             lo, hi = new_lo, new_hi
         if hi > lo:
-            self.hist += torch.histc(v, bins=self.hist.numel(), min=lo, max=hi).double()
+            self.hist += histogram(v, self.hist.numel(), lo, hi)
         else:  # every value so far is the single point lo (histc would pick its own range here)
             self.hist[0] += v.numel()
         self.hist_min.fill_(lo)
@@ -242,6 +257,16 @@ class Observer(nn.Module):
 
 
 # --- histogram range methods (pure functions on counts) -----------------------------------------------------
+def histogram(v: Tensor, bins: int, lo: float, hi: float) -> Tensor:
+    """torch.histc(v, bins, lo, hi) as float64 counts, for v inside [lo, hi] (the observer's range always holds
+    the batch): the same float32 bin arithmetic as histc's kernel, (v - lo) * bins / (hi - lo) truncated, the top
+    edge in the last bin, but counted by bincount, 2x faster on attention-sized tensors (issue #31; tests compare
+    with histc exactly)."""
+    lo_t, hi_t = torch.tensor(lo, dtype=v.dtype), torch.tensor(hi, dtype=v.dtype)
+    index = ((v.reshape(-1) - lo_t) * bins / (hi_t - lo_t)).long().clamp_(0, bins - 1)
+    return torch.bincount(index, minlength=bins).double()
+
+
 def _rebin(hist: Tensor, lo: float, hi: float, new_lo: float, new_hi: float) -> Tensor:
     """Counts of `hist` (over [lo, hi]) on the same number of bins over [new_lo, new_hi], which contains it.
 

@@ -47,10 +47,14 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
 
 
+def plain_inference() -> bool:
+    """No gradient and no exporter, tracer or compiler that must see torch's fake-quant op."""
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
 def _eager_inference(x: Tensor) -> bool:
-    """Plain eager values with no gradient: no exporter, tracer or compiler that must see torch's fake-quant op."""
-    return (type(x) is Tensor and not torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling())
+    """Plain eager values (not a subclass such as a Parameter or a fake tensor) under plain_inference."""
+    return type(x) is Tensor and plain_inference()
 
 
 def channel_multiply(x: Tensor, mul: Tensor | None) -> Tensor:

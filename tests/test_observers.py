@@ -10,7 +10,7 @@ import torch
 
 from ptqkit.config import QuantSpec
 from ptqkit.lsq import LSQQuantizer
-from ptqkit.observers import EPS, Observer
+from ptqkit.observers import EPS, Observer, histogram
 from ptqkit.qmodel import fake_quantize
 
 
@@ -367,3 +367,31 @@ def test_affine_grid_halves_the_error_of_one_sided_activations():
         obs.freeze()
         errors[name] = float((obs(x) - x).pow(2).mean())
     assert errors["affine"] < 0.5 * errors["symmetric"]  # step (max - min) / 255 vs max / 127: ~1/4 the MSE
+
+
+@pytest.mark.parametrize("bins", [64, 2048])
+def test_histogram_counts_equal_histc(bins):
+    # bincount with histc's own float32 bin arithmetic: equal counts, also for values on the bin edges and the
+    # range ends (softmax probabilities in [0, 1], symmetric |x|, affine ranges around 0)
+    g = torch.Generator().manual_seed(3)
+    for lo, hi in [(0.0, 1.0), (0.0, 7.31), (-2.5, 3.75), (-0.013, 0.0171), (-40.0, 0.0)]:
+        x = torch.rand(50_000, generator=g) * (hi - lo) + lo
+        edges = torch.linspace(lo, hi, bins + 1)  # every edge and both ends of the range
+        x = torch.cat([x, edges, edges[1:-1] - 1e-7, edges[1:-1] + 1e-7]).clamp(lo, hi)
+        assert torch.equal(histogram(x, bins, lo, hi), torch.histc(x, bins=bins, min=lo, max=hi).double()), (lo, hi)
+
+
+def test_frozen_weight_fake_quant_is_reused_until_weight_or_qparams_change():
+    w = torch.nn.Parameter(torch.randn(6, 5, generator=torch.Generator().manual_seed(4)))
+    obs = Observer(QuantSpec(ch_axis=0))
+    obs(w.detach())
+    obs.freeze()
+    expected = torch.fake_quantize_per_channel_affine(w.detach(), obs.scale, obs.zero_point, 0, -128, 127)
+    with torch.no_grad():
+        first = obs(w)
+        assert torch.equal(first, expected) and obs(w) is first  # computed once, reused
+        w.mul_(2)  # an in-place change of the weight (e.g. smoothing) is seen
+        assert torch.equal(obs(w), torch.fake_quantize_per_channel_affine(w.detach(), obs.scale, obs.zero_point, 0, -128, 127))
+        obs.scale.mul_(2)  # and of the qparams (e.g. load_state_dict)
+        assert torch.equal(obs(w), torch.fake_quantize_per_channel_affine(w.detach(), obs.scale, obs.zero_point, 0, -128, 127))
+    assert obs(w) is not obs(w)  # with gradients (QAT) nothing is cached
