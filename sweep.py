@@ -16,6 +16,7 @@ def main() -> int:
     p.add_argument("--calib-method", help="grid: comma list of minmax, percentile, mse, entropy (default: the device's)")
     p.add_argument("--smoothquant", help="grid: comma list of SmoothQuant alphas or 'off', e.g. off,0.5")
     p.add_argument("--max-accuracy-drop", help="grid: comma list of auto-fallback budgets in points or 'off'")
+    p.add_argument("--weight-rounding", help="grid: comma list of nearest, gptq (default: nearest)")
     p.add_argument("--grid", help="recipes from a JSON/YAML file instead: a list of objects with keys "
                    f"{', '.join(RECIPE_KEYS)}")
     p.add_argument("--choose-within", type=float, default=0.3, help="the chosen recipe is the fastest whose holdout "
@@ -32,8 +33,10 @@ def main() -> int:
     from ptqkit.sweep_grid import parse_grid
 
     recipes = parse_grid({"calib_method": args.calib_method, "smoothquant": args.smoothquant,
-                          "max_accuracy_drop": args.max_accuracy_drop, "backend": args.backend}, args.grid)
+                          "max_accuracy_drop": args.max_accuracy_drop, "weight_rounding": args.weight_rounding,
+                          "backend": args.backend}, args.grid)
     args.calib_method = args.smoothquant = args.max_accuracy_drop = None
+    args.weight_rounding = DEFAULT.weight_rounding
     args.backend = FILE_ENGINES[0]  # each recipe sets its own
     run = config_from_args(args)
     run_sweep(SweepConfig(run=run, recipes=recipes, choose_within=args.choose_within, holdout=args.holdout,

@@ -85,7 +85,7 @@ def quantize(model: torch.nn.Module, calibration_data: Iterable[Mapping], recipe
     calibration_data: batches, each a mapping of the model's input names (input_ids, attention_mask, ...) to
     int64 tensors or arrays of shape (batch, seq_len); keys the model does not take are ignored. Use train data,
     never the data you evaluate on. recipe: the run's quantization fields (device, isa, calib_method,
-    smoothquant, int8_attention, backend; max_seq_len for runtime.json); None takes bert_ptq.py's defaults.
+    smoothquant, int8_attention, weight_rounding, backend; max_seq_len for runtime.json); None takes bert_ptq.py's defaults.
     Auto-fallback and QAT need the task's labelled train split: they run in bert_ptq.py and calib.py only.
     tokenizer: when given, the tokenizer is set to emit only the inputs the model takes and export writes it."""
     cfg = recipe or RunConfig()

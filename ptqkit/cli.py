@@ -9,7 +9,7 @@ from typing import Callable
 
 from .backends import ENGINES, FILE_ENGINES
 from .bench import BenchConfig, bench_config
-from .config import CALIB_METHODS, DEVICES, INT8_ATTENTION, RunConfig
+from .config import CALIB_METHODS, DEVICES, INT8_ATTENTION, WEIGHT_ROUNDINGS, RunConfig
 from .errors import EXIT_INTERNAL, EXIT_USAGE, UserError, one_line
 from .sysinfo import ARM_INT8_ISAS, X86_INT8_ISAS
 
@@ -105,6 +105,9 @@ def add_calib_flags(p: argparse.ArgumentParser) -> None:
                    help="int8 attention matmuls (Q.K^T and P.V): auto (default: on under --backend auto and "
                    "openvino on x86 with VNNI, where they were measured faster; off otherwise, see docs/attention.md), on or off")
     p.add_argument("--qat-epochs", type=float, default=DEFAULT.qat_epochs, help="QAT after PTQ: epochs over the train split (LSQ scales + weights)")
+    p.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default=DEFAULT.weight_rounding,
+                   help="how int8 weights are rounded: nearest (default) or gptq (each layer's rounding chosen to "
+                   "minimise its output error on the calibration batches; weight scales unchanged)")
 
 
 def add_bench_flags(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from .sysinfo import ARM_INT8_ISAS, SATURATING_ISAS, X86_INT8_ISAS, host_int8_is
 
 DEVICES = ("x86", "aarch64")
 INT8_ATTENTION = ("auto", "on", "off")  # RunConfig.int8_attention / --int8-attention
+WEIGHT_ROUNDINGS = ("nearest", "gptq")  # --weight-rounding; gptq: rounding.py
 ISAS = {"x86": X86_INT8_ISAS, "aarch64": ARM_INT8_ISAS}
 CALIB_METHODS = tuple(METHODS)  # the registry in calibration.py
 
@@ -168,6 +169,7 @@ class RunConfig:
     fallback_holdout: int = 1000  # size of the train holdout that auto-fallback and the frontier score on
     max_slowdown: float | None = None  # percent of int8 latency; enables the per-layer precision frontier
     qat_epochs: float = 0.0
+    weight_rounding: str = "nearest"  # or "gptq": adaptive rounding of the int8 weights (rounding.py)
     # int8 attention matmuls (QuantConfig.attention_matmuls): on, off, or auto = the forced engine's preference
     # (Engine.int8_attention), on under --backend auto; off on aarch64 and without VNNI (recipe.int8_attention)
     int8_attention: str = "auto"

@@ -108,11 +108,17 @@ def insert_observers(gm: fx.GraphModule, points: list[QuantPoint], cfg: QuantCon
                     wrapped = gm.graph.call_module(f"{OBSERVERS_ATTR}.{key}", (src,))
                 node.replace_input_with(src, wrapped)
             if role == "weight":
-                obs(_get_attr(gm, nodes[p.nodes[0]].args[1].args[0]).detach())
+                obs(linear_weight(gm, p).detach())
                 obs.observing = False
     gm.graph.lint()
     gm.recompile()
     return observers
+
+
+def linear_weight(gm: fx.GraphModule, point: QuantPoint) -> torch.Tensor:
+    """The weight parameter a linear point multiplies, once its observers are in (linear <- weight observer <- param)."""
+    node = next(n for n in gm.graph.nodes if n.name == point.nodes[0])
+    return _get_attr(gm, node.args[1].args[0])
 
 
 def _get_attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:

@@ -96,7 +96,8 @@ def run(cfg: RunConfig) -> dict:
     rep["stages"] = stage_record(stages, to_int8_engine, work_threads)
     rep["quantization"] = {"config": q.config.to_dict(), "points": len(q.points), "fallback": q.fallback_layers,
                            "calib_batches": len(calib), "max_accuracy_drop": cfg.max_accuracy_drop,
-                           "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant, **steps}
+                           "qat_epochs": cfg.qat_epochs, "smoothquant": cfg.smoothquant,
+                           "weight_rounding": cfg.weight_rounding, **steps}
     if frontier is not None:
         rep["quantization"]["frontier"] = frontier
     if selection is not None:

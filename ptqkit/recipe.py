@@ -8,13 +8,14 @@ from dataclasses import replace
 from .backends import get_backend
 from .backends.pytorch import TorchRunner
 from .calibration import METHODS
-from .config import INT8_ATTENTION, QuantConfig, RunConfig
+from .config import INT8_ATTENTION, WEIGHT_ROUNDINGS, QuantConfig, RunConfig
 from .data import encode, split_train
 from .errors import UserError
 from .evaluation import evaluate, predict_logits
 from .loading import Loaded
 from .qat import QATConfig, train_qat
 from .quantizer import Quantizer, run_calibration
+from .rounding import round_weights
 from .smoothquant import collect_input_absmax, linear_input_absmax, smooth, smooth_runtime, track_linear_inputs
 from .stages import Stages
 from .sysinfo import SATURATING_ISAS, host_int8_isa
@@ -36,6 +37,8 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict], stages: Stages | Non
         raise UserError(str(e)) from None
     if cfg.calib_method:
         config = config.with_calib_method(cfg.calib_method)
+    if cfg.weight_rounding not in WEIGHT_ROUNDINGS:
+        raise UserError(f"--weight-rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, not {cfg.weight_rounding!r}")
     steps: dict = {}
     if cfg.smoothquant is not None:
         # In place on the float model: its outputs do not change, only where the range sits.
@@ -67,6 +70,9 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict], stages: Stages | Non
     if cfg.max_accuracy_drop is not None:
         with stages.time("fallback"):
             steps["holdout_drop"] = auto_fallback(q, ld, cfg, data, cfg.fallback_holdout)
+    if cfg.weight_rounding == "gptq":  # after the fallback choice: only the layers that stay int8 are rounded
+        with stages.time("calibrate: weight rounding"):
+            steps["rounded_linears"] = round_weights(q, data)
     if cfg.qat_epochs:
         with stages.time("qat"):
             steps["qat_steps"] = train_qat(q, ld.task, ld.tokenizer, QATConfig(

@@ -35,7 +35,9 @@ def summary(rep: dict) -> str:
     if rep.get("quantization", {}).get("config"):
         c = rep["quantization"]["config"]
         lines.append(f"contract: activations {c['activation']['dtype']}, weights {c['weight']['bits']}-bit "
-                     f"{'per-channel' if c['weight']['ch_axis'] is not None else 'per-tensor'} (for int8 ISA {c.get('isa')})")
+                     f"{'per-channel' if c['weight']['ch_axis'] is not None else 'per-tensor'} (for int8 ISA {c.get('isa')})"
+                     + (f", weights rounded by {rep['quantization']['weight_rounding']}"
+                        if rep["quantization"].get("weight_rounding", "nearest") != "nearest" else ""))
     frontier = rep.get("quantization", {}).get("frontier")
     if frontier:
         lines.append(f"--max-slowdown {frontier['max_slowdown_pct']:g}%: {frontier['chosen_k']} linear(s) in float; "

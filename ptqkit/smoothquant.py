@@ -46,7 +46,7 @@ from typing import Iterable
 import torch
 from torch import fx, nn
 
-from .passes import _get_attr, observer_key
+from .passes import linear_weight, observer_key
 from .quantizer import OBSERVING, Quantizer
 
 S_MIN, S_MAX = 1e-5, 1e5
@@ -253,7 +253,7 @@ def smooth_runtime(q: Quantizer, act_absmax: dict[str, torch.Tensor], alpha: flo
                            "calibration that tracked the linear inputs (the activation ranges would be stale)")
     smoothed: list[str] = []
     for points in groups.values():
-        weights = [_get_attr(q.graph, nodes[p.nodes[0]].args[1].args[0]) for p in points]  # linear <- weight observer <- param
+        weights = [linear_weight(q.graph, p) for p in points]
         act = torch.stack([act_absmax[p.name].float().cpu() for p in points]).amax(0)
         if act.numel() != weights[0].shape[1]:
             continue

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import ENGINES, FILE_ENGINES
+from .config import WEIGHT_ROUNDINGS
 from .errors import UserError, reason
 
-RECIPE_KEYS = ("calib_method", "smoothquant", "max_accuracy_drop", "backend")
+RECIPE_KEYS = ("calib_method", "smoothquant", "max_accuracy_drop", "weight_rounding", "backend")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Recipe:
     smoothquant: float | None = None
     max_accuracy_drop: float | None = None  # auto-fallback budget in points; None: off
     backend: str = FILE_ENGINES[0]
+    weight_rounding: str = WEIGHT_ROUNDINGS[0]
 
     def label(self) -> str:
         parts = [self.backend, self.calib_method or "default"]
@@ -28,6 +30,8 @@ class Recipe:
             parts.append(f"sq{self.smoothquant:g}")
         if self.max_accuracy_drop is not None:
             parts.append(f"fallback{self.max_accuracy_drop:g}")
+        if self.weight_rounding != WEIGHT_ROUNDINGS[0]:
+            parts.append(self.weight_rounding)
         return "/".join(parts)
 
 
@@ -41,6 +45,7 @@ def parse_grid(flags: dict[str, str | None], grid_file: str | None) -> list[Reci
         "calib_method": _items(flags.get("calib_method"), lambda s: s, None),
         "smoothquant": _items(flags.get("smoothquant"), float, None),
         "max_accuracy_drop": _items(flags.get("max_accuracy_drop"), float, None),
+        "weight_rounding": _items(flags.get("weight_rounding"), lambda s: s, WEIGHT_ROUNDINGS[0]),
         "backend": _items(flags.get("backend"), lambda s: s, FILE_ENGINES[0]),
     }
     return [_recipe(dict(zip(values, combo))) for combo in itertools.product(*values.values())]
@@ -89,6 +94,8 @@ def _recipe(values: dict, source: Path | None = None) -> Recipe:
     if unknown:
         raise UserError(f"{source or 'grid'}: unknown recipe key(s) {', '.join(unknown)}; use {', '.join(RECIPE_KEYS)}")
     recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
+    if recipe.weight_rounding not in WEIGHT_ROUNDINGS:
+        raise UserError(f"weight rounding {recipe.weight_rounding!r}: use {' or '.join(WEIGHT_ROUNDINGS)}")
     if recipe.backend not in FILE_ENGINES:
         raise UserError(f"sweep backend {recipe.backend!r}: use {' or '.join(FILE_ENGINES)} "
                         f"({', '.join(n for n in ENGINES if n not in FILE_ENGINES)} compile the model, not files: "

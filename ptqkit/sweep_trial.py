@@ -58,7 +58,8 @@ def build_recipe(recipe: Recipe, payload: Payload, work_dir: Path, threads: int)
 
     torch.set_num_threads(threads)
     cfg = replace(payload.run, backend=recipe.backend, calib_method=recipe.calib_method, smoothquant=recipe.smoothquant,
-                  max_accuracy_drop=recipe.max_accuracy_drop, fallback_holdout=payload.holdout)
+                  max_accuracy_drop=recipe.max_accuracy_drop, weight_rounding=recipe.weight_rounding,
+                  fallback_holdout=payload.holdout)
     backend = get_backend(recipe.backend)
     ld = materialize(payload, work_dir)
     calib = calibration_batches(ld.task, ld.tokenizer, cfg.calib_batches, cfg.batch_size, cfg.max_seq_len)

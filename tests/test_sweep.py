@@ -41,7 +41,9 @@ def test_grid_from_flags_and_file(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
     path.write_text("- {calib_method: mse, backend: onnxruntime}\n- {max_accuracy_drop: 0.3}\n")
     assert parse_grid({}, str(path)) == [Recipe("mse", backend="onnxruntime"), Recipe(max_accuracy_drop=0.3)]
-    for bad in ({"backend": "inductor"}, {"smoothquant": "strong"}):
+    rounding = parse_grid({"weight_rounding": "nearest,gptq"}, None)
+    assert [r.weight_rounding for r in rounding] == ["nearest", "gptq"] and rounding[1].label() == "openvino/default/gptq"
+    for bad in ({"backend": "inductor"}, {"smoothquant": "strong"}, {"weight_rounding": "adaround"}):
         with pytest.raises(UserError):
             parse_grid(bad, None)
     path.write_text('[{"calib": "mse"}]')
