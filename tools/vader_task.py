@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import random
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ptqkit.artifacts import atomic_dir, atomic_path
 from ptqkit.cli import run_main
 from ptqkit.errors import UserError
 from ptqkit.models import FineTuneConfig, fine_tune
@@ -66,12 +66,10 @@ def read_ground_truth(sdist: Path) -> list[tuple[str, str, str]]:
 
 
 def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(("text", "label", "source"))
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -94,10 +92,9 @@ def main() -> None:
     task = load_user_files(str(out / "train.csv"), str(out / "validation.csv"), ("text",), "label")
     task = fit_labels(task, len(LABELS), {n: i for i, n in enumerate(LABELS)})
     model, tokenizer = fine_tune(task, FineTuneConfig(), LABELS)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:  # renamed into place whole: no half-written model dir
+    with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out / "model")
     print(f"model: {out / 'model'}")
 
 
