@@ -9,8 +9,8 @@ def main() -> int:
     p = parser(__doc__)
     add_calib_flags(p)
     p.add_argument("--eval-limit", type=positive_int, help="evaluate only the first N validation examples (smoke runs)")
-    p.add_argument("--max-slowdown", type=percent, metavar="PCT", help="per-layer precision: measure k = 0..4 most "
-                   "sensitive linears left in float (agreement with fp32 on held-out train sentences, the int8 engine's "
+    p.add_argument("--max-slowdown", type=percent, metavar="PCT", help="per-layer precision: measure k = 0, 1, 2, 4, 8 "
+                   "most sensitive quantized ops (linears, attention matmuls) left in float (agreement with fp32 on held-out train sentences, the int8 engine's "
                    "latency at the first shape) and keep the most faithful k within PCT%% of k = 0's latency (off by default)")
     add_bench_flags(p)
     p.add_argument("--bench-only", action="store_true", help="skip evaluation: build, check kernels, time")

@@ -40,7 +40,7 @@ def summary(rep: dict) -> str:
                         if rep["quantization"].get("weight_rounding", "nearest") != "nearest" else ""))
     frontier = rep.get("quantization", {}).get("frontier")
     if frontier:
-        lines.append(f"--max-slowdown {frontier['max_slowdown_pct']:g}%: {frontier['chosen_k']} linear(s) in float; "
+        lines.append(f"--max-slowdown {frontier['max_slowdown_pct']:g}%: {frontier['chosen_k']} op(s) in float; "
                      + ", ".join(f"k={p['k']} {p['agreement_with_fp32']:.4f} {p['slowdown_pct']:+.1f}%" for p in frontier["points"])
                      + " (holdout agreement, slowdown)")
     sel = rep.get("backend_selection")

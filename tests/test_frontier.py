@@ -10,7 +10,9 @@ import pytest
 from ptqkit import frontier
 from ptqkit.config import RunConfig
 from ptqkit.errors import UserError
+from ptqkit.passes import MATMUL_NAMES
 from ptqkit.pipeline import run
+from ptqkit.quantizer import Quantizer
 
 
 def point(k: int, agreement: float, ms: float) -> dict:
@@ -33,7 +35,7 @@ def test_k0_is_kept_when_timing_noise_puts_every_point_over_budget() -> None:
 
 
 def test_frontier_through_the_pipeline(quick_cfg: RunConfig, tiny, tmp_path: Path, monkeypatch) -> None:
-    """Five points k = 0..4, each adding the next most sensitive linear; the chosen k (set here: on a random tiny
+    """Five points k = 0, 1, 2, 4, 8, each adding the next most sensitive ops; the chosen k (set here: on a random tiny
     model the agreements tie) is what the artefacts carry: that many fewer int8 kernels on the engine."""
     monkeypatch.setattr(frontier, "choose", lambda points, budget: 2)
     rep = run(replace(quick_cfg, backend="onnxruntime", max_slowdown=5.0, fallback_holdout=40,
@@ -41,9 +43,10 @@ def test_frontier_through_the_pipeline(quick_cfg: RunConfig, tiny, tmp_path: Pat
     f = rep["quantization"]["frontier"]
     assert (f["engine"], f["precision"], f["shape"], f["threads"]) == ("onnxruntime", "int8", "1x16", 1)
     assert f["holdout_sentences"] == 40 and f["chosen_k"] == 2 and f["max_slowdown_pct"] == 5.0
-    assert [p["k"] for p in f["points"]] == [0, 1, 2, 3, 4]
+    assert [p["k"] for p in f["points"]] == list(frontier.FRONTIER_KS)
     layers = [p["float_layers"] for p in f["points"]]
-    assert [len(x) for x in layers] == [0, 1, 2, 3, 4] and all(a == b[:-1] for a, b in zip(layers, layers[1:]))
+    assert [len(x) for x in layers] == list(frontier.FRONTIER_KS)
+    assert all(a == b[: len(a)] for a, b in zip(layers, layers[1:]))
     assert all(0 <= p["agreement_with_fp32"] <= 1 and p["median_ms"] > 0 for p in f["points"])
     assert f["points"][0]["slowdown_pct"] == 0
     assert rep["quantization"]["fallback"] == layers[2]
@@ -53,6 +56,26 @@ def test_frontier_through_the_pipeline(quick_cfg: RunConfig, tiny, tmp_path: Pat
     md = (tmp_path / "report.md").read_text()
     assert "## Per-layer precision under --max-slowdown 5%: k = 2 chosen" in md
     assert f"| **2** | {layers[2][1]} |" in md
+
+
+def test_attention_matmuls_are_ranked_with_the_linears(quick_cfg: RunConfig, tiny, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """Under int8 attention the attention matmuls are candidates too (at 512 tokens they lead the ranking): ranked
+    first here, k = 2 leaves two of them in float and ONNX Runtime runs two fewer int8 attention matmuls."""
+    real_amp = Quantizer.amp
+
+    def matmuls_first(self: Quantizer, batches) -> dict[str, float]:
+        kinds = {p.name: p.kind for p in self.points}
+        return {name: s + (kinds[name] == "matmul") for name, s in real_amp(self, batches).items()}
+
+    monkeypatch.setattr(Quantizer, "amp", matmuls_first)
+    monkeypatch.setattr(frontier, "choose", lambda points, budget: 2)
+    rep = run(replace(quick_cfg, backend="onnxruntime", max_slowdown=5.0, fallback_holdout=40,
+                      bench_only=True, int8_attention="on", output_dir=str(tmp_path)))
+    chosen = rep["quantization"]["frontier"]["points"][2]["float_layers"]
+    assert len(chosen) == 2 and all(name.rpartition(".")[2] in MATMUL_NAMES for name in chosen)
+    ours = next(v for v in rep["variants"] if v["name"] == "onnxruntime-int8")
+    assert ours["int8_kernels"] == tiny.int8_kernels("onnxruntime", True) - 2
 
 
 def test_one_layer_budget_at_a_time(quick_cfg: RunConfig, tmp_path: Path) -> None:
