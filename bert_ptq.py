@@ -9,9 +9,11 @@ def main() -> int:
     p = parser(__doc__)
     add_calib_flags(p)
     p.add_argument("--eval-limit", type=positive_int, help="evaluate only the first N validation examples (smoke runs)")
-    p.add_argument("--max-slowdown", type=percent, metavar="PCT", help="per-layer precision: measure k = 0, 1, 2, 4, 8 "
-                   "most sensitive quantized ops (linears, attention matmuls) left in float (agreement with fp32 on held-out train sentences, the int8 engine's "
-                   "latency at the first shape) and keep the most faithful k within PCT%% of k = 0's latency (off by default)")
+    p.add_argument("--max-slowdown", type=percent, metavar="PCT",
+                   help="per-layer precision: for several k (report.md lists each), measure the k most sensitive "
+                   "quantized ops (linears, attention matmuls) left in float (agreement with fp32 on held-out train "
+                   "sentences, the int8 engine's latency at the first shape) and keep the most faithful k within "
+                   "PCT%% of k = 0's latency (off by default)")
     add_bench_flags(p)
     p.add_argument("--bench-only", action="store_true", help="skip evaluation: build, check kernels, time")
     p.add_argument("--skip-peers", action="store_true", help="leave out NNCF, bf16 and dynamic-int8 peers")

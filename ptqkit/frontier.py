@@ -1,7 +1,8 @@
 """Per-layer precision under a speed budget (--max-slowdown, issue #29): for each k of FRONTIER_KS, the k most
 sensitive quantized ops left in float (linears and, under int8 attention, the attention matmuls, ranked together;
-what the engine runs float ops in: fp32, or bf16 under OpenVINO's int8-bf16), each point's agreement with fp32 on held-out train sentences (never validation) and the int8 engine's latency at
-the first timing shape, timed interleaved; the budget keeps the most faithful k whose latency is within it."""
+what the engine runs float ops in: fp32, or bf16 under OpenVINO's int8-bf16), each point's agreement with fp32 on
+held-out train sentences (never validation) and the int8 engine's latency at the first timing shape, timed
+interleaved; the budget keeps the most faithful k whose latency is within it."""
 from __future__ import annotations
 
 import tempfile
@@ -95,12 +96,12 @@ def markdown_lines(rep: dict) -> list[str]:
              f"{f['engine']}-{f['precision']}; agreement with fp32 on "
              f"{f['holdout_sentences']} held-out train sentences (not the validation set); median ms at {f['shape']}, "
              f"{f['threads']} thread(s), the points timed interleaved.", ""]
-    rows, before = [], []
-    for p in f["points"]:
+    rows, previous_k = [], 0
+    for p in f["points"]:  # each point's float ops extend the previous point's (the same ranking, cut further)
         mark = (lambda s: f"**{s}**") if p["k"] == f["chosen_k"] else str
-        added = [name for name in p["float_layers"] if name not in before] or ["(none)"]
-        before = p["float_layers"]
-        rows.append([mark(p["k"]), ", ".join(added), mark(f"{p['agreement_with_fp32']:.4f}"),
+        added = ", ".join(p["float_layers"][previous_k:]) or "(none)"
+        previous_k = p["k"]
+        rows.append([mark(p["k"]), added, mark(f"{p['agreement_with_fp32']:.4f}"),
                      p["changed_vs_fp32"], f"{p['median_ms']:.2f}", f"{p['slowdown_pct']:+.1f}%"])
     return lines + table(["k", "ops added in float", "agreement with fp32 (holdout)", "changed (holdout)", "median ms",
                           "slowdown vs k = 0"], rows) + [""]
