@@ -22,8 +22,8 @@ def main() -> int:
     p.add_argument("artefact_dir", help="the --output-dir of bert_ptq.py or export.py (copied to this machine)")
     p.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
     p.add_argument("--file", help="a text file, one input per line")
-    p.add_argument("--engine", default=FILE_ENGINES[0], help=f"{' or '.join(FILE_ENGINES)} (default: {FILE_ENGINES[0]}); "
-                   "with --check a comma-separated list")
+    p.add_argument("--engine", help=f"{' or '.join(FILE_ENGINES)} (default: the one bert_ptq.py chose, from "
+                   f"runtime.json, else {FILE_ENGINES[0]}); with --check a comma-separated list")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per engine call")
     p.add_argument("--threads", type=positive_int, help="intra-op threads (default: all cores)")
     p.add_argument("--check", action="store_true", help="self-check against the host's stored predictions "
@@ -36,7 +36,8 @@ def main() -> int:
     if args.check:
         from ptqkit.artifacts import write_json
 
-        rep = runtime.self_check(args.artefact_dir, args.engine.split(","), args.batch_size, args.threads or 1)
+        engines = args.engine.split(",") if args.engine else [None]
+        rep = runtime.self_check(args.artefact_dir, engines, args.batch_size, args.threads or 1)
         if args.report:
             write_json(args.report, rep)
         print(json.dumps(rep, indent=2))

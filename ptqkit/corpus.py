@@ -136,15 +136,6 @@ def _model_dir(cfg: CorpusConfig) -> Path:
     return path
 
 
-def _engine(layout: artifacts.Layout) -> str:
-    """Our int8 engine: the one bert_ptq.py's auto selection chose, where its report says so."""
-    try:
-        chosen = json.loads(layout.report_json.read_text())["backend_selection"]["chosen"]
-    except (OSError, ValueError, KeyError, TypeError):
-        chosen = None
-    return chosen if chosen in FILE_ENGINES else FILE_ENGINES[0]
-
-
 def _worker(spec: Spec, tmp: Path, timeout_s: int) -> dict:
     """One variant at one thread count in a process of its own; a failure is its one-line reason."""
     path = tmp / f"{spec.variant}-{spec.threads}.json"
@@ -186,7 +177,7 @@ def run(cfg: CorpusConfig) -> dict:
         if n:
             print(f"warning: {n} of {len(rows.texts)} rows are {what}", file=sys.stderr)
     threads = cfg.threads or tuple(sorted({1, usable_cores()}))
-    engine = cfg.engine or _engine(layout)
+    engine, precision = rc.served(cfg.engine)  # each worker resolves the same pair from runtime.json
     layout.corpus_peers.mkdir(exist_ok=True)
     results: dict[str, dict[int, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="ptqkit-corpus-") as tmp_name:
@@ -204,7 +195,7 @@ def run(cfg: CorpusConfig) -> dict:
     from .corpus_report import build, table, write
     from .docblocks import replace_block
 
-    report = build(cfg, rows, threads, engine, results, cpu_info())
+    report = build(cfg, rows, threads, f"{engine}-{precision}", results, cpu_info())
     write(report, layout)
     for doc in cfg.docs:
         replace_block(doc, f"corpus-{rows.name}", "python " + " ".join(sys.argv), table(report))

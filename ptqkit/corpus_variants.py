@@ -68,7 +68,8 @@ def _ours(spec: Spec, naive: bool) -> Predictor:
 
     layout = Layout(Path(spec.artefacts))
     cfg = runtime_config(spec)
-    latency = get_backend(spec.engine).compile(layout.root / cfg.model_file, spec.threads, "int8")
+    engine, precision = cfg.served(spec.engine)
+    latency = get_backend(engine).compile(layout.root / cfg.model_file, spec.threads, precision)
     if naive:  # evaluate.py's old way: file order, every row padded to the maximum, one request at a time
         tokenizer, pool = Tokenizer(layout.tokenizer_json, cfg), batcher.SerialPool(latency)
 
@@ -79,12 +80,12 @@ def _ours(spec: Spec, naive: bool) -> Predictor:
         def one(text: str) -> Logits:
             return latency(pad(tokenizer.encode([text]), cfg.pad_id, cfg.input_names, cfg.max_seq_len))
 
-        return Predictor(batch, one, f"{spec.engine}, padded to max length")
+        return Predictor(batch, one, f"{engine}-{precision}, padded to max length")
     clf = Classifier(spec.artefacts, spec.engine, spec.threads, spec.max_seq_len)
     requests = batcher.Requests(latency, cfg.pad_id, cfg.input_names, cfg.max_seq_len)
     return Predictor(lambda texts: clf.logits(texts, spec.batch_size),
                      lambda text: requests(clf.tokenizer.encode([text])),
-                     f"{spec.engine}, bucketed, async streams; requests on a static copy per bucket")
+                     f"{engine}-{precision}, bucketed, async streams; requests on a static copy per bucket")
 
 
 def pipeline_style(tokenizer, run: Callable[[dict], Logits], names: Sequence[str], spec: Spec,

@@ -45,8 +45,6 @@ def run(cfg: RunConfig) -> dict:
     with all_cores():
         q, steps = calibrate(ld, cfg, calib, stages)
     paths, forms = export_all(q, ld, out_dir, stages)
-    with stages.time("export: state and runtime files"):
-        write_runtime_files(out_dir, ld.tokenizer, ld.model.config, ld.input_names, cfg.max_seq_len, ld.text_pairs)
 
     built: dict = {}  # runners the selection compiled, reused for evaluation
     selection = None
@@ -60,6 +58,9 @@ def run(cfg: RunConfig) -> dict:
     else:
         engine = get_backend(cfg.backend)
         ours = engine.int8_variants
+    with stages.time("export: runtime files"):  # what predict.py and the corpus benchmark serve: this choice
+        write_runtime_files(out_dir, ld.tokenizer, ld.model.config, ld.input_names, cfg.max_seq_len, ld.text_pairs,
+                            (engine.name, ours[0]) if engine.takes == ONNX else ("", ""))
     frontier = None
     if cfg.max_slowdown is not None:  # on the engine and precision that serve; the artefacts again when k > 0
         frontier = precision_frontier(q, ld, cfg, len(calib) * cfg.batch_size, calib[:4], engine, ours[0], threads,
@@ -117,7 +118,7 @@ def run(cfg: RunConfig) -> dict:
 
 def export_all(q: Quantizer, ld: Loaded, out_dir: Path, stages: Stages) -> tuple[dict, ModelForms]:
     """The quantization state and the model files of the quantizer's current model, and the forms engines take."""
-    with stages.time("export: state and runtime files"):
+    with stages.time("export: state"):
         q.save(artifacts.Layout(out_dir).quant_state)
         converted = q.convert(ld.model)
     paths = export_artifacts(ld.model, converted, ld.input_names, out_dir, stages)

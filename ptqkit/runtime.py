@@ -2,9 +2,11 @@
 
 What a target server needs is in the artefact directory (runtime.json, the int8 QDQ ONNX, tokenizer/); this
 module needs only numpy, `tokenizers` and an engine (OpenVINO or ONNX Runtime). It reuses the engines' own
-backends (ptqkit.backends, torch-free), so it compiles exactly as bert_ptq.py does: OpenVINO int8 with the f32
-inference-precision hint (the engine's default on ARM runs everything outside int8 in f16), ONNX Runtime with
-the QDQ-friendly optimizer settings. Nothing imported here may import torch: tests/test_runtime.py checks it.
+backends (ptqkit.backends, torch-free), so it compiles exactly as bert_ptq.py does, on the engine and in the
+precision bert_ptq.py chose (runtime.json): OpenVINO int8 with the f32 inference-precision hint, or "int8-bf16"
+only on a CPU whose default is bf16 (the engine's default on ARM runs everything outside int8 in f16); ONNX
+Runtime with the QDQ-friendly optimizer settings. Nothing imported here may import torch: tests/test_runtime.py
+checks it.
 """
 from __future__ import annotations
 
@@ -38,18 +40,34 @@ class RuntimeConfig:
     pad_id: int
     id2label: dict[int, str]  # empty for regression
     text_pairs: bool  # inputs are "first<TAB>second" pairs
+    # the int8 engine and precision the host served (bert_ptq.py's choice); "" where none was chosen (export.py)
+    engine: str = ""
+    precision: str = ""
 
     def to_dict(self) -> dict:
         return {"format": RUNTIME_FORMAT, "model_file": self.model_file, "input_names": list(self.input_names),
                 "max_seq_len": self.max_seq_len, "truncation": "longest_first", "pad_id": self.pad_id,
                 "tokenizer": Layout(Path()).tokenizer_json.as_posix(), "id2label": {str(k): v for k, v in self.id2label.items()},
-                "text_pairs": self.text_pairs}
+                "text_pairs": self.text_pairs, "engine": self.engine, "precision": self.precision}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RuntimeConfig":
         return cls(model_file=d["model_file"], input_names=tuple(d["input_names"]), max_seq_len=int(d["max_seq_len"]),
                    pad_id=int(d["pad_id"]), id2label={int(k): v for k, v in d["id2label"].items()},
-                   text_pairs=bool(d["text_pairs"]))
+                   text_pairs=bool(d["text_pairs"]), engine=str(d.get("engine", "")),
+                   precision=str(d.get("precision", "")))
+
+    def served(self, engine: str | None) -> tuple[str, str]:
+        """The engine to run (the given one, else the host's, else the first file engine) and its precision: the
+        host's where it is that engine and this CPU runs it as the host did, else the engine's plain int8."""
+        from .backends import engine_class
+
+        engine = engine or self.engine or FILE_ENGINES[0]
+        if engine not in FILE_ENGINES:
+            raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(FILE_ENGINES)}")
+        cls = engine_class(engine)
+        wanted = self.precision if engine == self.engine else ""
+        return engine, wanted if wanted in cls.int8_variants and cls.runs_here(wanted) else cls.int8_variants[0]
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -87,9 +105,10 @@ class Tokenizer:
 class Classifier:
     """An artefact directory compiled on one engine: texts in, logits and labels out."""
 
-    def __init__(self, artefact_dir: str | Path, engine: str = FILE_ENGINES[0], threads: int | None = None,
+    def __init__(self, artefact_dir: str | Path, engine: str | None = None, threads: int | None = None,
                  max_seq_len: int | None = None):
-        """`max_seq_len`: truncate to this many tokens instead of the exported run's (runtime.json)."""
+        """`engine`: default the one bert_ptq.py served (runtime.json), in its precision where this CPU has it.
+        `max_seq_len`: truncate to this many tokens instead of the exported run's (runtime.json)."""
         self.dir = Path(artefact_dir)
         layout = Layout(self.dir)
         if not self.dir.is_dir():
@@ -102,11 +121,9 @@ class Classifier:
         if not model.is_file():
             raise UserError(f"{model} not found: the artefact dir is incomplete; copy all of it")
         self.tokenizer = Tokenizer(layout.tokenizer_json, self.cfg)
-        if engine not in FILE_ENGINES:
-            raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(FILE_ENGINES)}")
-        self.engine = engine
+        self.engine, self.precision = self.cfg.served(engine)
         # the throughput form: every core busy (batcher.make_pool); one call is one request on it
-        self.runner = batcher.make_pool(engine, model, threads or usable_cores(), "int8")
+        self.runner = batcher.make_pool(self.engine, model, threads or usable_cores(), self.precision)
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Length-bucketed batches (batcher.classify), results in input order."""
@@ -158,8 +175,9 @@ def _int8_primitives(runner) -> dict[str, int]:
     return dict(found)
 
 
-def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int = 32, threads: int = 1) -> dict:
-    """Run the host's stored sentences on each engine here: int8 kernel evidence and argmax agreement with the
+def self_check(artefact_dir: str | Path, engines: Sequence[str | None], batch_size: int = 32,
+               threads: int = 1) -> dict:
+    """Run the host's stored sentences on each engine here (None: the one the host served): int8 kernel evidence and argmax agreement with the
     host's fake-quant logits (and with the host int8 engine's labels). `passed` needs both on every engine."""
     artefact_dir = Path(artefact_dir)
     host = read_json(Layout(artefact_dir).host_check, "bert_ptq.py writes it (export.py alone does not); run bert_ptq.py")
@@ -169,18 +187,20 @@ def self_check(artefact_dir: str | Path, engines: Sequence[str], batch_size: int
     report: dict = {"cpu": describe(), "sentences": len(texts), "host_int8_engine": host.get("int8_engine"),
                     "min_agreement": MIN_AGREEMENT, "engines": {}}
     for engine in engines:
+        name = engine or "served"
         try:
             clf = Classifier(artefact_dir, engine, threads)
+            name = clf.engine
             ev = clf.runner.kernels()
             pred = clf.logits(texts, batch_size).argmax(-1)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - one engine failing is reported, the other still runs
-            report["engines"][engine] = {"error": one_line(e), "passed": False}
+            report["engines"][name] = {"error": one_line(e), "passed": False}
             continue
         agree = round(float((pred == fq).mean()), 4)
-        report["engines"][engine] = {
-            "int8_kernels": ev.int8, "fp32_kernels": ev.fp32, "kernel_details": ev.details | _int8_primitives(clf.runner),
+        report["engines"][name] = {
+            "precision": clf.precision, "int8_kernels": ev.int8, "fp32_kernels": ev.fp32, "kernel_details": ev.details | _int8_primitives(clf.runner),
             "agreement_with_host": agree, "agreement_with_host_int8": round(float((pred == host_int8).mean()), 4),
             "passed": ev.int8 > 0 and agree >= MIN_AGREEMENT,
         }

@@ -14,9 +14,9 @@ if TYPE_CHECKING:  # torch-free at import, like the runtime it writes for
 
 
 def write_runtime_files(out_dir: Path, tokenizer, model_config, input_names: tuple[str, ...], max_seq_len: int,
-                        text_pairs: bool) -> None:
+                        text_pairs: bool, served: tuple[str, str] = ("", "")) -> None:
     """tokenizer/ (save_pretrained) and runtime.json: the input names, padding, length and label names predict.py
-    tokenizes and reads the logits with."""
+    tokenizes and reads the logits with, and `served`, the (engine, precision) the host chose for our int8."""
     layout = artifacts.Layout(out_dir)
     with artifacts.atomic_dir(layout.tokenizer_dir) as tmp:
         tokenizer.save_pretrained(str(tmp))
@@ -25,7 +25,7 @@ def write_runtime_files(out_dir: Path, tokenizer, model_config, input_names: tup
         model_file=layout.int8_onnx.name, input_names=input_names, max_seq_len=max_seq_len,
         pad_id=tokenizer.pad_token_id or 0,
         id2label={} if num_labels == 1 else {int(k): str(v) for k, v in model_config.id2label.items()},
-        text_pairs=text_pairs)
+        text_pairs=text_pairs, engine=served[0], precision=served[1])
     artifacts.write_json(layout.runtime_json, rc.to_dict())
 
 

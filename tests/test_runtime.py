@@ -42,8 +42,28 @@ def test_artefact_dir_is_self_contained(artefacts) -> None:
     host = _host_check(out)
     chosen = json.loads((out / "report.json").read_text())["backend_selection"]["chosen"]
     assert host["int8_engine"] == chosen and len(host["examples"]) == 40
+    assert f"{rc['engine']}-{rc['precision']}" == chosen, "runtime.json names the variant the host served"
     assert len({e["int8_label"] for e in host["examples"]}) == 2, "labels must vary for the comparisons to mean anything"
     assert not list(out.glob(".*tmp*")) and not list(out.glob(".*.old")), "temp files left behind"
+
+
+def test_the_served_engine_and_precision_follow_the_host_where_this_cpu_can(monkeypatch) -> None:
+    from ptqkit.backends.openvino import OpenVINOBackend
+
+    fields = {"model_file": "m.onnx", "input_names": ["input_ids"], "max_seq_len": 8, "pad_id": 0, "id2label": {},
+              "text_pairs": False}
+    old = runtime.RuntimeConfig.from_dict(fields)  # written before runtime.json named the engine
+    assert (old.engine, old.precision) == ("", "") and old.served(None) == (FILE_ENGINES[0], "int8")
+    rc = runtime.RuntimeConfig.from_dict(runtime.RuntimeConfig.from_dict(
+        fields | {"engine": "openvino", "precision": "int8-bf16"}).to_dict())
+    assert (rc.engine, rc.precision) == ("openvino", "int8-bf16")
+    monkeypatch.setattr(OpenVINOBackend, "runs_here", classmethod(lambda cls, p: True))
+    assert rc.served(None) == rc.served("openvino") == ("openvino", "int8-bf16")
+    assert rc.served("onnxruntime") == ("onnxruntime", "int8"), "another engine runs its own plain int8"
+    monkeypatch.setattr(OpenVINOBackend, "runs_here", classmethod(lambda cls, p: p == "int8"))
+    assert rc.served(None) == ("openvino", "int8"), "a target without the host's bf16 runs f32 outside int8"
+    with pytest.raises(UserError, match="unknown engine"):
+        rc.served("tensorrt")
 
 
 def test_tokenizer_matches_the_pipeline(artefacts) -> None:

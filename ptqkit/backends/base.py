@@ -78,6 +78,11 @@ class Engine:
 
     profiled: bool = False  # implements op_times (its own profiler)
 
+    @classmethod
+    def runs_here(cls, precision: str) -> bool:
+        """Whether this CPU runs `precision` as the host that chose it did (a target may lack the host's bf16)."""
+        return True
+
     def compile(self, model: Any, threads: int, precision: str = "fp32") -> Runner:
         raise NotImplementedError
 

@@ -112,6 +112,11 @@ class OpenVINOBackend(Engine):
     profiled = True
     int8_attention = True  # its fused attention subgraph runs int8 (docs/attention.md)
 
+    @classmethod
+    def runs_here(cls, precision: str) -> bool:
+        """int8-bf16 leaves the precision to the plugin: bf16 only where that is its default here."""
+        return precision == "int8" or (precision == "int8-bf16" and default_int8_precision() == "int8-bf16")
+
     def compile(self, model_path: str | Path, threads: int, precision: str = "fp32") -> OpenVINORunner:
         """Compile ONNX or IR for the CPU plugin, latency mode, one stream, `threads` threads.
 
