@@ -19,6 +19,42 @@ def test_bucket_edges_are_bounded_and_end_at_the_maximum() -> None:
     assert len(batcher.bucket_edges(4096)) == batcher.BUCKETS
 
 
+def test_request_lengths_bound_the_padding_and_the_shapes() -> None:
+    grid = batcher.request_lengths(512)
+    assert len(grid) == 32 and grid[-1] == 512 and list(grid) == sorted(set(grid))
+    assert batcher.request_lengths(128)[-2:] == (120, 128) and batcher.request_lengths(100)[-1] == 100
+    for n in range(3, 513):
+        padded = next(g for g in grid if g >= n)
+        assert padded - n <= max(batcher.GRID_STEP - 1, n // 8), n
+
+
+class _Shapes:
+    """A runner that compiles per shape, as OpenVINO does: records the shapes it ran and the static copies asked for."""
+
+    input_names = ("input_ids", "attention_mask")
+
+    def __init__(self):
+        self.ran, self.static = [], set()
+
+    def prepare(self, inputs) -> None:
+        self.static.add(inputs["input_ids"].shape)
+
+    def __call__(self, inputs):
+        self.ran.append(inputs["input_ids"].shape)
+        return np.zeros((len(inputs["input_ids"]), 2), np.float32)
+
+
+def test_requests_meet_no_shape_the_warm_up_did_not_run() -> None:
+    runner = _Shapes()
+    requests = batcher.Requests(runner, 0, runner.input_names, 512)
+    warmed = set(runner.ran) | runner.static
+    assert runner.static == {(1, e) for e in batcher.bucket_edges(512)}
+    for n in range(1, 513):
+        requests([{"input_ids": [5] * n, "attention_mask": [1] * n}])
+        assert runner.ran[-1] in warmed and runner.ran[-1][1] >= n
+    assert runner.ran[-1] == (1, 512) and (1, 288) in runner.ran  # 280 tokens: the grid, not 512 or its own length
+
+
 def test_plan_sorts_never_mixes_buckets_and_covers_every_row() -> None:
     rng = random.Random(0)
     lengths = [rng.randint(3, 128) for _ in range(300)]
