@@ -165,6 +165,10 @@ def test_unsupported_attention_is_a_user_error(q, bert, monkeypatch):
     ({"backend": "inductor", "isa": "avx512_vnni"}, False),  # runs attention as fp32 math
     ({"backend": "openvino", "isa": "avx2"}, False),
     ({"backend": "openvino", "device": "aarch64"}, False),
+    ({"backend": "auto", "isa": "avx512_vnni", "max_seq_len": 128}, True),
+    ({"backend": "auto", "isa": "avx512_vnni", "max_seq_len": 129}, False),  # long rows: P's grid loses them
+    ({"backend": "openvino", "isa": "avx512_vnni", "max_seq_len": 512}, False),
+    ({"int8_attention": "on", "max_seq_len": 512}, True),
 ])
 def test_int8_attention_choice(flags, expected):
     assert int8_attention(RunConfig(**flags)) is expected
