@@ -52,7 +52,7 @@ def calibrate(ld: Loaded, cfg: RunConfig, data: list[dict], stages: Stages | Non
     with stages.time("capture"):
         q = Quantizer(device=cfg.device, config=config)
         calib_model = q.calib(ld.model, ld.input_names, weights_changed=bool(steps.get("smoothed")))
-        if cfg.int8_attention == "auto" and cfg.max_seq_len > INT8_ATTENTION_MAX_SEQ_LEN:
+        if long_rows_off(cfg):
             steps["int8_attention"] = f"off: --max-seq-len over {INT8_ATTENTION_MAX_SEQ_LEN} (docs/attention.md)"
         obstacle = q.attention_obstacle(ld.model) if config.attention_matmuls and cfg.int8_attention == "auto" else ""
         if obstacle:
@@ -99,9 +99,14 @@ def int8_attention(cfg: RunConfig) -> bool:
         return cfg.int8_attention == "on"
     if cfg.device != "x86" or (cfg.isa or host_int8_isa()) in SATURATING_ISAS:
         return False
-    if cfg.max_seq_len > INT8_ATTENTION_MAX_SEQ_LEN:
+    if long_rows_off(cfg):
         return False
     return AUTO_INT8_ATTENTION if cfg.backend == "auto" else get_backend(cfg.backend).int8_attention
+
+
+def long_rows_off(cfg: RunConfig) -> bool:
+    """--int8-attention auto over INT8_ATTENTION_MAX_SEQ_LEN tokens: float attention (the report says why)."""
+    return cfg.int8_attention == "auto" and cfg.max_seq_len > INT8_ATTENTION_MAX_SEQ_LEN
 
 
 def auto_fallback(q: Quantizer, ld: Loaded, cfg: RunConfig, calib: list[dict], holdout_size: int = 1000) -> float:

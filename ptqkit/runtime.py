@@ -177,8 +177,9 @@ def _int8_primitives(runner) -> dict[str, int]:
 
 def self_check(artefact_dir: str | Path, engines: Sequence[str | None], batch_size: int = 32,
                threads: int = 1) -> dict:
-    """Run the host's stored sentences on each engine here (None: the one the host served): int8 kernel evidence and argmax agreement with the
-    host's fake-quant logits (and with the host int8 engine's labels). `passed` needs both on every engine."""
+    """Run the host's stored sentences on each engine here (None: the one the host served): int8 kernel evidence
+    and argmax agreement with the host's fake-quant logits (and with the host int8 engine's labels). `passed` needs
+    both on every engine."""
     artefact_dir = Path(artefact_dir)
     host = read_json(Layout(artefact_dir).host_check, "bert_ptq.py writes it (export.py alone does not); run bert_ptq.py")
     texts = [e["text"] if e.get("text_pair") is None else f"{e['text']}\t{e['text_pair']}" for e in host["examples"]]
@@ -200,7 +201,8 @@ def self_check(artefact_dir: str | Path, engines: Sequence[str | None], batch_si
             continue
         agree = round(float((pred == fq).mean()), 4)
         report["engines"][name] = {
-            "precision": clf.precision, "int8_kernels": ev.int8, "fp32_kernels": ev.fp32, "kernel_details": ev.details | _int8_primitives(clf.runner),
+            "precision": clf.precision, "int8_kernels": ev.int8, "fp32_kernels": ev.fp32,
+            "kernel_details": ev.details | _int8_primitives(clf.runner),
             "agreement_with_host": agree, "agreement_with_host_int8": round(float((pred == host_int8).mean()), 4),
             "passed": ev.int8 > 0 and agree >= MIN_AGREEMENT,
         }
